@@ -1,0 +1,317 @@
+//! Settings of every process, from command-line flags with environment
+//! fallbacks (each flag names its variable in `--help`). Groups shared by
+//! several subcommands (Kafka, Redis, Mongo, contest rules) are defined once
+//! and flattened into each subcommand's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::vote::Rules;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "votestream",
+    version,
+    about = "Real-time vote pipeline: gRPC/HTTP ingress -> Kafka -> actix consumer -> Redis counters and MongoDB logs",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Accept votes over gRPC (votes.v1.VoteService) and HTTP (POST /votes) and produce them to Kafka.
+    Ingress(IngressSettings),
+    /// Read votes from Kafka; count them in Redis and log each one in MongoDB.
+    Consumer(ConsumerSettings),
+    /// Serve the logs web page, the logs JSON API and the standings.
+    Logs(LogsSettings),
+    /// Run ingress, consumer and logs in one process (for a laptop).
+    All(AllSettings),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic the votes go to.
+    #[arg(long, env = "VOTES_TOPIC", default_value = "votes")]
+    pub votes_topic: String,
+    /// Topic for records the consumer cannot count (dead letters).
+    #[arg(long, env = "DLQ_TOPIC", default_value = "votes.dlq")]
+    pub dlq_topic: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (redis://[:password@]host:port[/db]). Never printed.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// Prefix for every Redis key (e.g. "contest1:"); empty by default.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MongoArgs {
+    /// MongoDB connection string. Never printed.
+    #[arg(
+        long,
+        env = "MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
+    )]
+    pub mongodb_uri: String,
+    /// Database holding the `logs` collection.
+    #[arg(long, env = "MONGODB_DATABASE", default_value = "votestream")]
+    pub mongodb_database: String,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct RulesArgs {
+    /// Highest accepted rank (inclusive); the lowest is 0.
+    #[arg(long, env = "RANK_MAX", default_value_t = crate::vote::DEFAULT_RANK_MAX)]
+    pub rank_max: f64,
+}
+
+impl RulesArgs {
+    pub fn rules(&self) -> Rules {
+        Rules {
+            rank_max: self.rank_max,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProducerArgs {
+    /// How long the producer waits to fill a batch before sending it (librdkafka linger.ms).
+    #[arg(long, env = "PRODUCER_LINGER_MS", default_value_t = 5)]
+    pub producer_linger_ms: u64,
+    /// Largest batch of records per partition request, in bytes (librdkafka batch.size).
+    #[arg(long, env = "PRODUCER_BATCH_BYTES", default_value_t = 1_000_000)]
+    pub producer_batch_bytes: u64,
+    /// Compression of produced batches.
+    #[arg(long, env = "PRODUCER_COMPRESSION", value_enum, default_value_t = Compression::Lz4)]
+    pub producer_compression: Compression,
+    /// Most records waiting in the producer's queue; past it a produce waits for room.
+    #[arg(long, env = "PRODUCER_QUEUE_MESSAGES", default_value_t = 100_000)]
+    pub producer_queue_messages: u64,
+    /// Bound on the wait for Kafka's acknowledgement of a vote, in milliseconds; past it the
+    /// client gets UNAVAILABLE / 503 and the vote is not reported accepted.
+    #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub produce_timeout_ms: u64,
+}
+
+impl ProducerArgs {
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngressArgs {
+    /// Address of the gRPC server (votes.v1.VoteService, health, reflection).
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP server (POST /votes, /healthz, /readyz, /metrics).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Do not serve gRPC (e.g. a Deployment that serves HTTP only).
+    #[arg(long, env = "NO_GRPC", default_value_t = false)]
+    pub no_grpc: bool,
+    /// Do not serve POST /votes (the HTTP server still answers /healthz, /readyz, /metrics).
+    #[arg(long, env = "NO_HTTP_VOTES", default_value_t = false)]
+    pub no_http_votes: bool,
+    /// Largest HTTP request body, in bytes; larger bodies get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+    /// Most votes in one batch (HTTP array or gRPC CastVotes).
+    #[arg(long, env = "MAX_BATCH", default_value_t = 1_000)]
+    pub max_batch: usize,
+    /// Largest gRPC message, in bytes.
+    #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 4_194_304)]
+    pub grpc_max_message_bytes: usize,
+    #[command(flatten)]
+    pub producer: ProducerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs {
+    /// Address of the consumer's HTTP server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "CONSUMER_HTTP_ADDR", default_value = "0.0.0.0:9100")]
+    pub consumer_http_addr: SocketAddr,
+    /// Kafka consumer group.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "votestream-consumer")]
+    pub consumer_group: String,
+    /// A batch is handed to the sinks when it holds this many records...
+    #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1_000)]
+    pub batch_max_records: usize,
+    /// ...or when its first record is this old, in milliseconds.
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
+    pub batch_max_wait_ms: u64,
+    /// Capacity of each sink actor's mailbox, in batches; a full mailbox pauses reading.
+    #[arg(long, env = "MAILBOX_CAPACITY", default_value_t = 4)]
+    pub mailbox_capacity: usize,
+    /// First delay before an actor reconnects after an I/O failure, in milliseconds (doubles each time).
+    #[arg(long, env = "RESTART_BACKOFF_MIN_MS", default_value_t = 100)]
+    pub restart_backoff_min_ms: u64,
+    /// Longest delay between reconnect attempts, in milliseconds.
+    #[arg(long, env = "RESTART_BACKOFF_MAX_MS", default_value_t = 5_000)]
+    pub restart_backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Address of the logs web app. The PORT variable (Cloud Run) wins over its port.
+    #[arg(long, env = "LOGS_ADDR", default_value = "0.0.0.0:8081")]
+    pub logs_addr: SocketAddr,
+    /// Most concurrent /logs/stream clients.
+    #[arg(long, env = "LOGS_MAX_STREAMS", default_value_t = 100)]
+    pub logs_max_streams: usize,
+}
+
+impl LogsArgs {
+    /// The listen address, with Cloud Run's `PORT` taking precedence.
+    pub fn listen_addr(&self) -> SocketAddr {
+        match std::env::var("PORT").ok().and_then(|p| p.parse::<u16>().ok()) {
+            Some(port) => SocketAddr::new(self.logs_addr.ip(), port),
+            None => self.logs_addr,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngressSettings {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub rules: RulesArgs,
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerSettings {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub rules: RulesArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsSettings {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub logs: LogsArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AllSettings {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub rules: RulesArgs,
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub logs: LogsArgs,
+}
+
+impl AllSettings {
+    pub fn ingress(&self) -> IngressSettings {
+        IngressSettings {
+            kafka: self.kafka.clone(),
+            rules: self.rules,
+            ingress: self.ingress.clone(),
+        }
+    }
+
+    pub fn consumer(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            kafka: self.kafka.clone(),
+            redis: self.redis.clone(),
+            mongo: self.mongo.clone(),
+            rules: self.rules,
+            consumer: self.consumer.clone(),
+        }
+    }
+
+    pub fn logs(&self) -> LogsSettings {
+        LogsSettings {
+            redis: self.redis.clone(),
+            mongo: self.mongo.clone(),
+            logs: self.logs.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["votestream", "all"]).unwrap();
+        let Command::All(all) = cli.command else { panic!("all") };
+        assert_eq!(all.kafka.votes_topic, "votes");
+        assert_eq!(all.kafka.dlq_topic, "votes.dlq");
+        assert_eq!(all.consumer.consumer_group, "votestream-consumer");
+        assert_eq!(all.ingress.grpc_addr.port(), 50051);
+        assert_eq!(all.ingress.http_addr.port(), 8080);
+        assert_eq!(all.consumer.consumer_http_addr.port(), 9100);
+        assert_eq!(all.logs.logs_addr.port(), 8081);
+        assert_eq!(all.rules.rules(), Rules::default());
+    }
+}

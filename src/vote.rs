@@ -1,0 +1,554 @@
+//! The vote: what a client may send, how it is validated, and the record that
+//! goes to Kafka. Both ingress routes and the consumer validate through here, so
+//! a rule changes in one place (DESIGN.md, "The vote").
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Longest band or album name, in characters after trimming.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Accepted years, inclusive.
+pub const YEARS: std::ops::RangeInclusive<i64> = 1900..=2100;
+/// Default upper bound of `rank` (some contests rate 1..100: see [`Rules`]).
+pub const DEFAULT_RANK_MAX: f64 = 10.0;
+
+/// Contest-specific validation settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    /// Highest accepted rank, inclusive; the lowest is 0.
+    pub rank_max: f64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            rank_max: DEFAULT_RANK_MAX,
+        }
+    }
+}
+
+/// Why one field of a vote was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    Missing,
+    Null,
+    WrongType,
+    Empty,
+    TooLong,
+    ForbiddenCharacter,
+    NotANumber,
+    NotAnInteger,
+    NotFinite,
+    OutOfRange,
+}
+
+impl Problem {
+    /// A stable, low-cardinality label for metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Problem::Missing => "missing",
+            Problem::Null => "null",
+            Problem::WrongType => "wrong_type",
+            Problem::Empty => "empty",
+            Problem::TooLong => "too_long",
+            Problem::ForbiddenCharacter => "forbidden_character",
+            Problem::NotANumber => "not_a_number",
+            Problem::NotAnInteger => "not_an_integer",
+            Problem::NotFinite => "not_finite",
+            Problem::OutOfRange => "out_of_range",
+        }
+    }
+}
+
+/// A field-level validation error: which field, what kind of problem, and a
+/// sentence for the client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub problem: Problem,
+    pub reason: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, problem: Problem, reason: impl Into<String>) -> Self {
+        FieldError {
+            field,
+            problem,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A vote that passed validation: names trimmed, numbers in range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vote {
+    pub name: String,
+    pub album: String,
+    pub year: i32,
+    pub rank: f64,
+}
+
+impl Vote {
+    /// Validates typed fields, as the gRPC route receives them.
+    pub fn new(name: &str, album: &str, year: i64, rank: f64, rules: &Rules) -> Result<Vote, FieldError> {
+        Ok(Vote {
+            name: text("name", name)?,
+            album: text("album", album)?,
+            year: year_in_range(year)?,
+            rank: rank_in_range(rank, rules)?,
+        })
+    }
+
+    /// Validates one JSON object, as the HTTP route receives it. Numbers may
+    /// come as JSON numbers or as strings holding them (the seed's data files
+    /// send every field as a string). Unknown fields are ignored.
+    pub fn from_json(item: &Value, rules: &Rules) -> Result<Vote, FieldError> {
+        let Value::Object(map) = item else {
+            return Err(FieldError::new(
+                "vote",
+                Problem::WrongType,
+                format!("expected a JSON object, got {}", kind_of(item)),
+            ));
+        };
+        let field = |key: &'static str| match map.get(key) {
+            None => Err(FieldError::new(key, Problem::Missing, "is required")),
+            Some(Value::Null) => Err(FieldError::new(key, Problem::Null, "must not be null")),
+            Some(v) => Ok(v),
+        };
+        let string = |key: &'static str| match field(key)? {
+            Value::String(s) => text(key, s),
+            other => Err(FieldError::new(
+                key,
+                Problem::WrongType,
+                format!("must be a string, got {}", kind_of(other)),
+            )),
+        };
+        let name = string("name")?;
+        let album = string("album")?;
+        let year = match field("year")? {
+            Value::Number(n) => n.as_i64().ok_or_else(|| {
+                FieldError::new(
+                    "year",
+                    Problem::NotAnInteger,
+                    format!("must be a whole number, got {n}"),
+                )
+            })?,
+            Value::String(s) => s.trim().parse::<i64>().map_err(|_| {
+                FieldError::new(
+                    "year",
+                    Problem::NotAnInteger,
+                    format!("must be a whole number, got {s:?}"),
+                )
+            })?,
+            other => {
+                return Err(FieldError::new(
+                    "year",
+                    Problem::WrongType,
+                    format!("must be an integer or a string holding one, got {}", kind_of(other)),
+                ));
+            }
+        };
+        let rank = match field("rank")? {
+            // serde_json never yields NaN or infinity from JSON text.
+            Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+            Value::String(s) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| FieldError::new("rank", Problem::NotANumber, format!("must be a number, got {s:?}")))?,
+            other => {
+                return Err(FieldError::new(
+                    "rank",
+                    Problem::WrongType,
+                    format!("must be a number or a string holding one, got {}", kind_of(other)),
+                ));
+            }
+        };
+        Ok(Vote {
+            name,
+            album,
+            year: year_in_range(year)?,
+            rank: rank_in_range(rank, rules)?,
+        })
+    }
+
+    /// Stamps an accepted vote with its id, receive time and route.
+    pub fn stamp(self, route: Route, received_at: DateTime<Utc>) -> VoteRecord {
+        VoteRecord {
+            id: Uuid::now_v7(),
+            name: self.name,
+            album: self.album,
+            year: self.year,
+            rank: self.rank,
+            route,
+            received_at,
+        }
+    }
+}
+
+/// Which ingress route a vote came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Grpc,
+    Http,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Grpc => "grpc",
+            Route::Http => "http",
+        }
+    }
+}
+
+/// The Kafka record value: key = `id`, value = this as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoteRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub album: String,
+    pub year: i32,
+    pub rank: f64,
+    pub route: Route,
+    #[serde(with = "rfc3339_millis")]
+    pub received_at: DateTime<Utc>,
+}
+
+impl VoteRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain strings and finite numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes a record value and checks it against the same rules the
+    /// ingress applies, so a hand-made or corrupted record cannot be counted.
+    pub fn decode(bytes: &[u8], rules: &Rules) -> Result<VoteRecord, String> {
+        if bytes.is_empty() {
+            return Err("empty record value".into());
+        }
+        let record: VoteRecord = serde_json::from_slice(bytes).map_err(|e| format!("not a vote record: {e}"))?;
+        let checked = Vote::new(&record.name, &record.album, record.year.into(), record.rank, rules)
+            .map_err(|e| format!("invalid vote: {e}"))?;
+        Ok(VoteRecord {
+            name: checked.name,
+            album: checked.album,
+            ..record
+        })
+    }
+
+    /// `"<band> / <album>"`, the field of the per-album Redis hashes.
+    pub fn album_key(&self) -> String {
+        format!("{} / {}", self.name, self.album)
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-26T18:25:39.123Z`.
+pub fn format_instant(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+mod rfc3339_millis {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_instant(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn text(field: &'static str, raw: &str) -> Result<String, FieldError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(FieldError::new(field, Problem::Empty, "must not be empty"));
+    }
+    let chars = trimmed.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(FieldError::new(
+            field,
+            Problem::TooLong,
+            format!("must be at most {MAX_NAME_CHARS} characters, got {chars}"),
+        ));
+    }
+    // MongoDB strings cannot hold NUL, and control characters break the log page.
+    if trimmed.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            Problem::ForbiddenCharacter,
+            "must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn year_in_range(year: i64) -> Result<i32, FieldError> {
+    if !YEARS.contains(&year) {
+        return Err(FieldError::new(
+            "year",
+            Problem::OutOfRange,
+            format!("must be between {} and {}, got {year}", YEARS.start(), YEARS.end()),
+        ));
+    }
+    // In range, so it fits.
+    Ok(year as i32)
+}
+
+fn rank_in_range(rank: f64, rules: &Rules) -> Result<f64, FieldError> {
+    if !rank.is_finite() {
+        return Err(FieldError::new("rank", Problem::NotFinite, "must be a finite number"));
+    }
+    if !(0.0..=rules.rank_max).contains(&rank) {
+        return Err(FieldError::new(
+            "rank",
+            Problem::OutOfRange,
+            format!("must be between 0 and {}, got {rank}", rules.rank_max),
+        ));
+    }
+    Ok(rank)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> Rules {
+        Rules::default()
+    }
+
+    fn check(v: Value) -> Result<Vote, FieldError> {
+        Vote::from_json(&v, &rules())
+    }
+
+    fn problem(v: Value) -> (&'static str, Problem) {
+        let e = check(v).expect_err("vote should be rejected");
+        (e.field, e.problem)
+    }
+
+    #[test]
+    fn the_seeds_all_string_format_is_accepted() {
+        let vote =
+            check(json!({"name": "Bohemia Suburbana", "album": "Jamás", "year": "1997", "rank": "9.5"})).unwrap();
+        assert_eq!(
+            vote,
+            Vote {
+                name: "Bohemia Suburbana".into(),
+                album: "Jamás".into(),
+                year: 1997,
+                rank: 9.5
+            }
+        );
+    }
+
+    #[test]
+    fn typed_numbers_are_accepted_and_names_trimmed() {
+        let vote = check(json!({"name": "  Viernes Verde ", "album": "\tAlbum\n", "year": 2005, "rank": 7})).unwrap();
+        assert_eq!(vote.name, "Viernes Verde");
+        assert_eq!(vote.album, "Album");
+        assert_eq!(vote.year, 2005);
+        assert_eq!(vote.rank, 7.0);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert!(check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "extra": [1, 2]})).is_ok());
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        assert_eq!(
+            problem(json!({"album": "b", "year": 2000, "rank": 1})),
+            ("name", Problem::Missing)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "year": 2000, "rank": 1})),
+            ("album", Problem::Missing)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "rank": 1})),
+            ("year", Problem::Missing)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000})),
+            ("rank", Problem::Missing)
+        );
+    }
+
+    #[test]
+    fn null_fields_are_rejected() {
+        assert_eq!(
+            problem(json!({"name": null, "album": "b", "year": 2000, "rank": 1})),
+            ("name", Problem::Null)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": null})),
+            ("rank", Problem::Null)
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        assert_eq!(
+            problem(json!({"name": 5, "album": "b", "year": 2000, "rank": 1})),
+            ("name", Problem::WrongType)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": ["b"], "year": 2000, "rank": 1})),
+            ("album", Problem::WrongType)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": true, "rank": 1})),
+            ("year", Problem::WrongType)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": {}})),
+            ("rank", Problem::WrongType)
+        );
+        assert_eq!(problem(json!([1, 2])), ("vote", Problem::WrongType));
+        assert_eq!(problem(json!("vote")), ("vote", Problem::WrongType));
+    }
+
+    #[test]
+    fn empty_and_blank_names_are_rejected() {
+        assert_eq!(
+            problem(json!({"name": "", "album": "b", "year": 2000, "rank": 1})),
+            ("name", Problem::Empty)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "   ", "year": 2000, "rank": 1})),
+            ("album", Problem::Empty)
+        );
+    }
+
+    #[test]
+    fn length_is_counted_in_characters_not_bytes() {
+        let hundred = "é".repeat(100); // 200 bytes, 100 characters
+        assert!(check(json!({"name": hundred, "album": "b", "year": 2000, "rank": 1})).is_ok());
+        let over = "é".repeat(101);
+        assert_eq!(
+            problem(json!({"name": "a", "album": over, "year": 2000, "rank": 1})),
+            ("album", Problem::TooLong)
+        );
+    }
+
+    #[test]
+    fn control_characters_are_rejected() {
+        assert_eq!(
+            problem(json!({"name": "a\u{0}b", "album": "b", "year": 2000, "rank": 1})),
+            ("name", Problem::ForbiddenCharacter)
+        );
+    }
+
+    #[test]
+    fn year_must_be_a_whole_number_in_range() {
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 1899, "rank": 1})),
+            ("year", Problem::OutOfRange)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": "2101", "rank": 1})),
+            ("year", Problem::OutOfRange)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 1997.5, "rank": 1})),
+            ("year", Problem::NotAnInteger)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": "19x7", "rank": 1})),
+            ("year", Problem::NotAnInteger)
+        );
+        assert!(check(json!({"name": "a", "album": "b", "year": 1900, "rank": 1})).is_ok());
+        assert!(check(json!({"name": "a", "album": "b", "year": " 2100 ", "rank": 1})).is_ok());
+    }
+
+    #[test]
+    fn rank_must_be_finite_and_within_the_configured_maximum() {
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": 10.01})),
+            ("rank", Problem::OutOfRange)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": -0.5})),
+            ("rank", Problem::OutOfRange)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": "NaN"})),
+            ("rank", Problem::NotFinite)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": "inf"})),
+            ("rank", Problem::NotFinite)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": "nine"})),
+            ("rank", Problem::NotANumber)
+        );
+        assert!(check(json!({"name": "a", "album": "b", "year": 2000, "rank": 0})).is_ok());
+        assert!(check(json!({"name": "a", "album": "b", "year": 2000, "rank": "10"})).is_ok());
+        let hundred = Rules { rank_max: 100.0 };
+        assert!(Vote::from_json(&json!({"name": "a", "album": "b", "year": 2000, "rank": 87}), &hundred).is_ok());
+    }
+
+    #[test]
+    fn typed_votes_follow_the_same_rules() {
+        let r = rules();
+        assert!(Vote::new("a", "b", 2000, 5.0, &r).is_ok());
+        assert_eq!(
+            Vote::new("a", "b", 2000, f64::NAN, &r).unwrap_err().problem,
+            Problem::NotFinite
+        );
+        assert_eq!(
+            Vote::new("a", "b", i64::MAX, 1.0, &r).unwrap_err().problem,
+            Problem::OutOfRange
+        );
+        assert_eq!(Vote::new(" ", "b", 2000, 1.0, &r).unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn a_stamped_record_round_trips_through_json_with_millisecond_time() {
+        let at = DateTime::parse_from_rfc3339("2026-11-26T18:25:39.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let record = Vote::new("a", "b", 2000, 5.5, &rules()).unwrap().stamp(Route::Http, at);
+        let json: Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert_eq!(json["received_at"], "2026-11-26T18:25:39.123Z");
+        assert_eq!(json["route"], "http");
+        assert_eq!(json["id"], record.id.to_string());
+        assert_eq!(record.id.get_version_num(), 7);
+        let back = VoteRecord::decode(&record.to_json(), &rules()).unwrap();
+        assert_eq!(back.id, record.id);
+        assert_eq!(back.album_key(), "a / b");
+    }
+
+    #[test]
+    fn decoding_rejects_poison_records() {
+        let r = rules();
+        assert!(VoteRecord::decode(b"", &r).is_err());
+        assert!(VoteRecord::decode(b"not json", &r).is_err());
+        let bad_rank = br#"{"id":"0190a5a0-0000-7000-8000-000000000000","name":"a","album":"b","year":2000,"rank":99,"route":"http","received_at":"2026-11-26T18:25:39.123Z"}"#;
+        assert!(VoteRecord::decode(bad_rank, &r).unwrap_err().contains("rank"));
+        let bad_type = br#"{"id":"0190a5a0-0000-7000-8000-000000000000","name":"a","album":"b","year":"2000","rank":1,"route":"http","received_at":"2026-11-26T18:25:39.123Z"}"#;
+        assert!(VoteRecord::decode(bad_type, &r).is_err());
+    }
+}

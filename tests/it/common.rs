@@ -1,0 +1,62 @@
+//! Addresses of the local stack and helpers for isolated, self-cleaning tests.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+pub fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .expect("kafka admin client")
+}
+
+/// A fresh topic, deleted when the guard drops.
+pub struct TempTopic {
+    pub name: String,
+}
+
+impl TempTopic {
+    pub async fn create(prefix: &str, partitions: i32) -> TempTopic {
+        let name = unique(prefix);
+        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin().create_topics([&topic], &opts).await.expect("create_topics");
+        for r in results {
+            r.expect("topic created");
+        }
+        TempTopic { name }
+    }
+}
+
+impl Drop for TempTopic {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot be async; a short-lived runtime on another thread deletes the topic.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let _ = rt.block_on(admin().delete_topics(&[name.as_str()], &AdminOptions::new()));
+            }
+        })
+        .join();
+    }
+}
