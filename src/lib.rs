@@ -5,6 +5,8 @@
 //! drive the same code as the binary.
 
 pub mod config;
+pub mod consumer;
+pub mod redis_keys;
 pub mod shutdown;
 pub mod telemetry;
 pub mod vote;

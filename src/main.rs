@@ -7,7 +7,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     votestream::telemetry::init();
     match cli.command {
-        Command::Ingress(_) | Command::Consumer(_) | Command::Logs(_) | Command::All(_) => {
+        Command::Consumer(settings) => votestream::consumer::run(settings, votestream::shutdown::signal()),
+        Command::Ingress(_) | Command::Logs(_) | Command::All(_) => {
             anyhow::bail!("this subcommand is not built yet")
         }
     }

@@ -4,4 +4,6 @@
 //! own topic, Redis key prefix and Mongo database, and cleans up after itself.
 
 mod common;
+mod consumer;
+mod pipeline;
 mod smoke;

@@ -1,0 +1,150 @@
+//! Pre-aggregation of a batch for the Redis script: counts per band, album
+//! and route and rank sums per album, summed in memory so one script call
+//! applies a whole batch. Records at or below a partition's stored offset are
+//! left out (they were counted before), which is how replays stay exact.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::batch::{Batch, PartitionRange};
+
+/// The script's argument: the partitions' ranges and the batch's deltas.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Deltas {
+    /// `[offsets field, prev, first, last]` per partition.
+    pub ranges: Vec<(String, i64, i64, i64)>,
+    pub total: i64,
+    pub band: HashMap<String, i64>,
+    pub album: HashMap<String, i64>,
+    pub route: HashMap<&'static str, i64>,
+    pub rank: HashMap<String, f64>,
+}
+
+/// The `consumer:offsets` field of a partition.
+pub fn offsets_field(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// Aggregates `batch`, skipping records at or below `applied[partition]`
+/// (what Redis already counted, learned from an earlier script answer).
+/// Partitions entirely at or below it are left out.
+pub fn aggregate(batch: &Batch, applied: &BTreeMap<i32, i64>) -> Deltas {
+    let mut d = Deltas::default();
+    for r in &batch.ranges {
+        let range = match applied.get(&r.partition) {
+            None => *r,
+            Some(&done) if done >= r.last => continue,
+            Some(&done) => PartitionRange {
+                prev: r.prev.max(done),
+                first: r.first.max(done + 1),
+                ..*r
+            },
+        };
+        d.ranges.push((
+            offsets_field(&batch.topic, r.partition),
+            range.prev,
+            range.first,
+            range.last,
+        ));
+    }
+    for (entry, vote) in batch.votes() {
+        if applied.get(&entry.partition).is_some_and(|&done| entry.offset <= done) {
+            continue;
+        }
+        let album = vote.album_key();
+        d.total += 1;
+        *d.band.entry(vote.name.clone()).or_default() += 1;
+        *d.route.entry(vote.route.as_str()).or_default() += 1;
+        *d.rank.entry(album.clone()).or_default() += vote.rank;
+        *d.album.entry(album).or_default() += 1;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::consumer::batch::Entry;
+    use crate::vote::{Route, Rules, Vote};
+
+    fn vote(name: &str, album: &str, rank: f64, route: Route) -> Option<crate::vote::VoteRecord> {
+        Some(
+            Vote::new(name, album, 2000, rank, &Rules::default())
+                .unwrap()
+                .stamp(route, Utc::now()),
+        )
+    }
+
+    fn batch() -> Batch {
+        let entries = vec![
+            Entry {
+                partition: 0,
+                offset: 10,
+                vote: vote("Alux Nahual", "Alux Nahual", 8.0, Route::Grpc),
+            },
+            Entry {
+                partition: 0,
+                offset: 11,
+                vote: None,
+            },
+            Entry {
+                partition: 0,
+                offset: 12,
+                vote: vote("Alux Nahual", "Alux Nahual", 9.5, Route::Http),
+            },
+            Entry {
+                partition: 1,
+                offset: 3,
+                vote: vote("Bohemia Suburbana", "Jamás", 7.0, Route::Http),
+            },
+        ];
+        Batch {
+            seq: 1,
+            topic: "votes".into(),
+            entries,
+            ranges: vec![
+                PartitionRange {
+                    partition: 0,
+                    prev: 9,
+                    first: 10,
+                    last: 12,
+                },
+                PartitionRange {
+                    partition: 1,
+                    prev: 2,
+                    first: 3,
+                    last: 3,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_batch_is_summed_per_band_album_and_route() {
+        let d = aggregate(&batch(), &BTreeMap::new());
+        assert_eq!(d.total, 3);
+        assert_eq!(d.band["Alux Nahual"], 2);
+        assert_eq!(d.band["Bohemia Suburbana"], 1);
+        assert_eq!(d.album["Alux Nahual / Alux Nahual"], 2);
+        assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 17.5);
+        assert_eq!(d.route["http"], 2);
+        assert_eq!(d.route["grpc"], 1);
+        assert_eq!(
+            d.ranges,
+            vec![("votes/0".into(), 9, 10, 12), ("votes/1".into(), 2, 3, 3)]
+        );
+    }
+
+    #[test]
+    fn records_already_applied_are_left_out_and_the_range_narrowed() {
+        let d = aggregate(&batch(), &BTreeMap::from([(0, 11), (1, 3)]));
+        assert_eq!(d.total, 1);
+        assert_eq!(d.band["Alux Nahual"], 1);
+        assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 9.5);
+        assert!(!d.band.contains_key("Bohemia Suburbana"));
+        assert_eq!(d.ranges, vec![("votes/0".into(), 11, 12, 12)]);
+    }
+}

@@ -1,0 +1,37 @@
+-- Applies one pre-aggregated batch atomically (see src/consumer/redis_sink.rs).
+-- KEYS: total, by_band, by_album, by_route, rank_sum, rank_avg, timeline, offsets
+-- ARGV[1]: JSON {ranges = [[field, prev, first, last], ...], total, band, album, route, rank}
+-- Returns {'ok', total} | {'adjust', field, stored, ...} | {'gap', field, stored}
+local a = cjson.decode(ARGV[1])
+local adjust = {}
+for _, r in ipairs(a.ranges) do
+  local stored = tonumber(redis.call('HGET', KEYS[8], r[1]) or '-1')
+  if stored < r[2] then
+    -- Redis has not seen the records just before this batch: it lost data.
+    return {'gap', r[1], tostring(stored)}
+  end
+  if stored >= r[3] then
+    -- Some records were counted before (a replay): the caller drops them and retries.
+    table.insert(adjust, r[1])
+    table.insert(adjust, tostring(stored))
+  end
+end
+if #adjust > 0 then
+  table.insert(adjust, 1, 'adjust')
+  return adjust
+end
+for _, r in ipairs(a.ranges) do
+  redis.call('HSET', KEYS[8], r[1], r[4])
+end
+local total = redis.call('INCRBY', KEYS[1], a.total)
+if a.total > 0 then
+  for k, v in pairs(a.band) do redis.call('HINCRBY', KEYS[2], k, v) end
+  for k, v in pairs(a.route) do redis.call('HINCRBY', KEYS[4], k, v) end
+  for k, v in pairs(a.album) do
+    local count = redis.call('HINCRBY', KEYS[3], k, v)
+    local sum = tonumber(redis.call('HINCRBYFLOAT', KEYS[5], k, a.rank[k]))
+    redis.call('HSET', KEYS[6], k, string.format('%.2f', sum / count))
+  end
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', '10000', '*', 'total', total, 'delta', a.total)
+end
+return {'ok', tostring(total)}

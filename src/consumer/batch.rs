@@ -1,0 +1,222 @@
+//! Batches: the unit the reader hands to both sinks. A batch holds decoded
+//! votes and the offsets of records that were dead-lettered (they carry no
+//! vote but their offsets must advance), plus, per partition, the offset range
+//! it covers and the offset just before it, so the Redis script can tell a
+//! replay (skip) from a gap (Redis lost data).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::vote::VoteRecord;
+
+/// One Kafka record as the sinks see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub partition: i32,
+    pub offset: i64,
+    /// `None` for a record that went to the dead-letter topic.
+    pub vote: Option<VoteRecord>,
+}
+
+/// The offsets of one partition covered by a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: i32,
+    /// The offset the reader handed out just before this batch (-1 at the start of the log).
+    pub prev: i64,
+    pub first: i64,
+    pub last: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Dispatch order within one reader incarnation.
+    pub seq: u64,
+    pub topic: String,
+    pub entries: Vec<Entry>,
+    pub ranges: Vec<PartitionRange>,
+}
+
+pub type SharedBatch = Arc<Batch>;
+
+impl Batch {
+    pub fn votes(&self) -> impl Iterator<Item = (&Entry, &VoteRecord)> {
+        self.entries.iter().filter_map(|e| e.vote.as_ref().map(|v| (e, v)))
+    }
+
+    pub fn vote_count(&self) -> usize {
+        self.votes().count()
+    }
+}
+
+/// Collects entries until a batch is full by count or old enough by time.
+#[derive(Debug)]
+pub struct Batcher {
+    max_records: usize,
+    max_wait: Duration,
+    entries: Vec<Entry>,
+    opened_at: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(max_records: usize, max_wait: Duration) -> Batcher {
+        Batcher {
+            max_records: max_records.max(1),
+            max_wait,
+            entries: Vec::new(),
+            opened_at: None,
+        }
+    }
+
+    pub fn push(&mut self, entry: Entry, now: Instant) {
+        if self.entries.is_empty() {
+            self.opened_at = Some(now);
+        }
+        self.entries.push(entry);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.max_records
+    }
+
+    /// When the open batch is due, whether full or not.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.opened_at.map(|t| t + self.max_wait)
+    }
+
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.is_full() || self.deadline().is_some_and(|d| now >= d)
+    }
+
+    /// Keeps only the entries `keep` accepts (after a partition was revoked).
+    pub fn retain(&mut self, keep: impl FnMut(&Entry) -> bool) {
+        self.entries.retain(keep);
+        if self.entries.is_empty() {
+            self.opened_at = None;
+        }
+    }
+
+    /// Drops everything collected (after a rewind the records are read again).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.opened_at = None;
+    }
+
+    /// Closes the open batch. `prev` holds, per partition, the last offset
+    /// already handed out; it is advanced past this batch.
+    pub fn take(&mut self, seq: u64, topic: &str, prev: &mut BTreeMap<i32, i64>) -> Batch {
+        let entries = std::mem::take(&mut self.entries);
+        self.opened_at = None;
+        let mut spans: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for e in &entries {
+            let span = spans.entry(e.partition).or_insert((e.offset, e.offset));
+            span.0 = span.0.min(e.offset);
+            span.1 = span.1.max(e.offset);
+        }
+        let ranges = spans
+            .into_iter()
+            .map(|(partition, (first, last))| {
+                let before = prev.insert(partition, last).unwrap_or(first - 1);
+                PartitionRange {
+                    partition,
+                    prev: before,
+                    first,
+                    last,
+                }
+            })
+            .collect();
+        Batch {
+            seq,
+            topic: topic.to_owned(),
+            entries,
+            ranges,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(partition: i32, offset: i64) -> Entry {
+        Entry {
+            partition,
+            offset,
+            vote: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_due_when_it_holds_the_maximum_count() {
+        let now = Instant::now();
+        let mut b = Batcher::new(3, Duration::from_secs(60));
+        b.push(entry(0, 0), now);
+        b.push(entry(0, 1), now);
+        assert!(!b.is_due(now));
+        b.push(entry(0, 2), now);
+        assert!(b.is_due(now));
+    }
+
+    #[test]
+    fn a_batch_is_due_when_its_first_record_is_old_enough() {
+        let now = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_millis(50));
+        assert_eq!(b.deadline(), None);
+        b.push(entry(0, 0), now);
+        b.push(entry(0, 1), now + Duration::from_millis(40));
+        assert_eq!(b.deadline(), Some(now + Duration::from_millis(50)));
+        assert!(!b.is_due(now + Duration::from_millis(49)));
+        assert!(b.is_due(now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn taking_a_batch_records_each_partitions_range_and_previous_offset() {
+        let now = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_millis(50));
+        let mut prev = BTreeMap::from([(1, 9)]);
+        for (p, o) in [(0, 0), (1, 10), (0, 1), (1, 11), (1, 12)] {
+            b.push(entry(p, o), now);
+        }
+        let batch = b.take(7, "votes", &mut prev);
+        assert_eq!(batch.seq, 7);
+        assert_eq!(
+            batch.ranges,
+            vec![
+                PartitionRange {
+                    partition: 0,
+                    prev: -1,
+                    first: 0,
+                    last: 1
+                },
+                PartitionRange {
+                    partition: 1,
+                    prev: 9,
+                    first: 10,
+                    last: 12
+                },
+            ]
+        );
+        assert_eq!(prev, BTreeMap::from([(0, 1), (1, 12)]));
+        assert!(b.is_empty());
+        assert_eq!(b.deadline(), None);
+
+        b.push(entry(0, 2), now);
+        let next = b.take(8, "votes", &mut prev);
+        assert_eq!(
+            next.ranges,
+            vec![PartitionRange {
+                partition: 0,
+                prev: 1,
+                first: 2,
+                last: 2
+            }]
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! `votestream consumer`: one actix System with three supervised actors.
+//!
+//! ```text
+//! KafkaReader --WriteBatch--> RedisAggregator (counters, offset-fenced Lua script)
+//!      \-------WriteBatch--> MongoLogger     (one log document per vote)
+//!      <-- both confirmed --  offsets committed in partition order
+//! ```
+//!
+//! Delivery: at least once from Kafka, exactly once in effect on Redis (the
+//! script skips what it counted before) and on Mongo (the vote id is `_id`).
+
+pub mod aggregate;
+pub mod batch;
+pub mod commit;
+mod http;
+pub mod metrics;
+pub mod mongo_sink;
+pub mod reader;
+pub mod redis_sink;
+pub mod sink;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Supervisor;
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::config::ConsumerSettings;
+use crate::redis_keys::RedisKeys;
+use metrics::ConsumerMetrics;
+use mongo_sink::{MongoLogger, MongoWriter};
+use reader::{KafkaReader, ReaderConfig};
+use redis_sink::{RedisAggregator, RedisWriter};
+use sink::Backoff;
+
+/// Runs the consumer until `shutdown` resolves, then drains in-flight
+/// batches, commits and returns. Blocks the calling thread (it owns an actix System).
+pub fn run(settings: ConsumerSettings, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.consumer.consumer_http_addr)
+        .with_context(|| format!("binding {}", settings.consumer.consumer_http_addr))?;
+    actix::System::new().block_on(serve(settings, listener, shutdown))
+}
+
+async fn serve(
+    settings: ConsumerSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(ConsumerMetrics::new());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    tracing::info!(addr = %listener.local_addr()?, "consumer HTTP listening");
+    let server = http::server(listener, metrics.clone(), registry)?;
+    let server_handle = server.handle();
+    actix::spawn(server);
+
+    let c = &settings.consumer;
+    let backoff = Backoff::new(
+        Duration::from_millis(c.restart_backoff_min_ms),
+        Duration::from_millis(c.restart_backoff_max_ms),
+    );
+    let capacity = c.mailbox_capacity.max(1);
+    let keys = RedisKeys::new(&settings.redis.redis_key_prefix);
+    let redis = RedisAggregator::new(
+        RedisWriter::new(&settings.redis.redis_url, keys, metrics.clone()),
+        capacity,
+        backoff.clone(),
+        metrics.clone(),
+        |m| &m.redis_up,
+    )
+    .start_supervised();
+    let mongo = MongoLogger::new(
+        MongoWriter::new(&settings.mongo.mongodb_uri, &settings.mongo.mongodb_database),
+        capacity,
+        backoff,
+        metrics.clone(),
+        |m| &m.mongo_up,
+    )
+    .start_supervised();
+
+    let (stop, stop_rx) = watch::channel(false);
+    let (finished_tx, mut finished) = watch::channel(false);
+    let config = ReaderConfig::from_settings(&settings);
+    let reader_metrics = metrics.clone();
+    let _reader =
+        Supervisor::start(move |_| KafkaReader::new(config, redis, mongo, reader_metrics, stop_rx, finished_tx));
+
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight batches");
+    let _ = stop.send(true);
+    let _ = finished.wait_for(|done| *done).await;
+    server_handle.stop(true).await;
+    tracing::info!("consumer stopped");
+    Ok(())
+}

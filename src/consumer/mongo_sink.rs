@@ -1,0 +1,125 @@
+//! The Mongo logger: one document per vote, written with an unordered
+//! `insert_many` per batch. The vote id is the `_id`, so a replayed vote hits a
+//! duplicate-key error, which means "already logged", not a failure.
+
+use std::future::Future;
+use std::time::Duration;
+
+use mongodb::bson::{self, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure as MongoWriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+
+use super::batch::{Entry, SharedBatch};
+use super::sink::{Sink, SinkActor, WriteFailure, Written};
+use crate::vote::VoteRecord;
+
+pub type MongoLogger = SinkActor<MongoWriter>;
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+pub struct MongoWriter {
+    uri: String,
+    database: String,
+}
+
+impl MongoWriter {
+    pub fn new(uri: &str, database: &str) -> MongoWriter {
+        MongoWriter {
+            uri: uri.to_owned(),
+            database: database.to_owned(),
+        }
+    }
+}
+
+/// A client that gives up on an unreachable server within seconds, not the driver's default 30 s.
+pub async fn client(uri: &str) -> mongodb::error::Result<Client> {
+    let mut options = ClientOptions::parse(uri).await?;
+    options.server_selection_timeout = Some(Duration::from_secs(3));
+    options.connect_timeout = Some(Duration::from_secs(3));
+    options.app_name.get_or_insert_with(|| "votestream".into());
+    Client::with_options(options)
+}
+
+/// The `logs` collection, with its `{received_at: -1}` index.
+pub async fn logs_collection(uri: &str, database: &str) -> mongodb::error::Result<Collection<Document>> {
+    let db = client(uri).await?.database(database);
+    db.run_command(doc! {"ping": 1}).await?;
+    let logs = db.collection::<Document>("logs");
+    let index = IndexModel::builder()
+        .keys(doc! {"received_at": -1})
+        .options(IndexOptions::builder().name("received_at_desc".to_owned()).build())
+        .build();
+    logs.create_index(index).await?;
+    Ok(logs)
+}
+
+pub fn log_document(entry: &Entry, vote: &VoteRecord, logged_at: bson::DateTime) -> Document {
+    doc! {
+        "_id": vote.id.to_string(),
+        "received_at": bson::DateTime::from_millis(vote.received_at.timestamp_millis()),
+        "logged_at": logged_at,
+        "name": &vote.name,
+        "album": &vote.album,
+        "year": vote.year,
+        "rank": vote.rank,
+        "route": vote.route.as_str(),
+        "partition": entry.partition,
+        "offset": entry.offset,
+    }
+}
+
+impl Sink for MongoWriter {
+    const NAME: &'static str = "mongo_logger";
+    type Conn = Collection<Document>;
+
+    fn connect(&self) -> impl Future<Output = Result<Collection<Document>, String>> + 'static {
+        let (uri, database) = (self.uri.clone(), self.database.clone());
+        async move {
+            logs_collection(&uri, &database)
+                .await
+                .map_err(|e| format!("mongo: {e}"))
+        }
+    }
+
+    // Not `async fn`: the future must be 'static, so it may not borrow `self`.
+    #[allow(clippy::manual_async_fn)]
+    fn write(
+        &self,
+        logs: Collection<Document>,
+        batch: SharedBatch,
+    ) -> impl Future<Output = Result<Written, WriteFailure>> + 'static {
+        async move {
+            let now = bson::DateTime::now();
+            let docs: Vec<Document> = batch.votes().map(|(e, v)| log_document(e, v, now)).collect();
+            if docs.is_empty() {
+                return Ok(Written { votes: 0 });
+            }
+            let total = docs.len();
+            match logs.insert_many(docs).ordered(false).await {
+                Ok(r) => Ok(Written {
+                    votes: r.inserted_ids.len(),
+                }),
+                Err(e) => match only_duplicates(&e) {
+                    Some(duplicates) => Ok(Written {
+                        votes: total - duplicates,
+                    }),
+                    None => Err(WriteFailure::Io(format!("mongo: {e}"))),
+                },
+            }
+        }
+    }
+}
+
+/// `Some(n)` when every error of an unordered insert is a duplicate `_id`.
+fn only_duplicates(e: &mongodb::error::Error) -> Option<usize> {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+            let errors = failure.write_errors.as_ref()?;
+            errors.iter().all(|w| w.code == DUPLICATE_KEY).then_some(errors.len())
+        }
+        ErrorKind::Write(MongoWriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => Some(1),
+        _ => None,
+    }
+}

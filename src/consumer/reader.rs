@@ -1,0 +1,637 @@
+//! The Kafka reader actor: reads `votes`, decodes and validates each record
+//! (bad ones go to the dead-letter topic), forms batches by count and time,
+//! hands each batch to both sinks and commits offsets once both have written
+//! it, in partition order.
+//!
+//! Backpressure: at most `mailbox_capacity` batches are in flight, so every
+//! `Addr::send` finds room and batches enter both mailboxes in dispatch order;
+//! when the sinks fall behind the limit is reached, the assigned partitions
+//! are paused (the consumer keeps polling, so it stays in its group) and
+//! memory stays bounded by one open batch.
+//!
+//! Where to start reading a partition (on assignment): Redis is the source of
+//! truth for what was counted, Kafka's committed offset for what both sinks
+//! wrote; the reader starts at the lower of the two. If the Redis script later
+//! finds Redis behind a batch (it lost data), the reader drains what is in
+//! flight and seeks every partition back the same way ("rewind").
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, types::RDKafkaRespErr};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::batch::{Batcher, Entry, SharedBatch};
+use super::commit::CommitTracker;
+use super::metrics::ConsumerMetrics;
+use super::mongo_sink::MongoLogger;
+use super::redis_sink::RedisAggregator;
+use super::sink::{Backoff, SinkError, WriteBatch, Written};
+use crate::config::ConsumerSettings;
+use crate::redis_keys::RedisKeys;
+use crate::vote::{Rules, VoteRecord};
+
+/// Everything the reader needs, cloned into each incarnation of its loop.
+#[derive(Clone)]
+pub struct ReaderConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub group: String,
+    pub redis_url: String,
+    pub keys: RedisKeys,
+    pub rules: Rules,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+    pub max_in_flight: usize,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ReaderConfig {
+    pub fn from_settings(s: &ConsumerSettings) -> ReaderConfig {
+        ReaderConfig {
+            brokers: s.kafka.kafka_brokers.clone(),
+            topic: s.kafka.votes_topic.clone(),
+            dlq_topic: s.kafka.dlq_topic.clone(),
+            group: s.consumer.consumer_group.clone(),
+            redis_url: s.redis.redis_url.clone(),
+            keys: RedisKeys::new(&s.redis.redis_key_prefix),
+            rules: s.rules.rules(),
+            batch_max_records: s.consumer.batch_max_records,
+            batch_max_wait: Duration::from_millis(s.consumer.batch_max_wait_ms),
+            max_in_flight: s.consumer.mailbox_capacity.max(1),
+            backoff_min: Duration::from_millis(s.consumer.restart_backoff_min_ms),
+            backoff_max: Duration::from_millis(s.consumer.restart_backoff_max_ms),
+        }
+    }
+}
+
+pub struct KafkaReader {
+    config: ReaderConfig,
+    redis: Addr<RedisAggregator>,
+    mongo: Addr<MongoLogger>,
+    metrics: Arc<ConsumerMetrics>,
+    shutdown: watch::Receiver<bool>,
+    /// Told once the reader has drained and committed after shutdown.
+    finished: watch::Sender<bool>,
+    backoff: Backoff,
+}
+
+impl KafkaReader {
+    pub fn new(
+        config: ReaderConfig,
+        redis: Addr<RedisAggregator>,
+        mongo: Addr<MongoLogger>,
+        metrics: Arc<ConsumerMetrics>,
+        shutdown: watch::Receiver<bool>,
+        finished: watch::Sender<bool>,
+    ) -> KafkaReader {
+        let backoff = Backoff::new(config.backoff_min, config.backoff_max);
+        KafkaReader {
+            config,
+            redis,
+            mongo,
+            metrics,
+            shutdown,
+            finished,
+            backoff,
+        }
+    }
+}
+
+impl Actor for KafkaReader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.backoff.delay();
+        let run = ReadLoop {
+            config: self.config.clone(),
+            redis: self.redis.clone(),
+            mongo: self.mongo.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        ctx.spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                run.run().await
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                // Drained after shutdown: stay idle (stopping would only restart us).
+                Ok(()) => {
+                    let _ = act.finished.send(true);
+                }
+                Err(error) => {
+                    tracing::warn!(actor = "kafka_reader", %error, "reader failed; restarting");
+                    ConsumerMetrics::set_up(&act.metrics.kafka_up, false);
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+}
+
+impl Supervised for KafkaReader {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.metrics.restarted("kafka_reader");
+    }
+}
+
+/// What the rebalance callback tells the read loop.
+#[derive(Debug)]
+enum Rebalanced {
+    /// Partitions assigned: where reading starts and what Redis had stored.
+    Assigned(Vec<(i32, i64, i64)>),
+    Revoked(Vec<i32>),
+}
+
+/// The consumer's context: rebalance callbacks and statistics.
+struct ReaderContext {
+    topic: String,
+    redis_url: String,
+    keys: RedisKeys,
+    metrics: Arc<ConsumerMetrics>,
+    events: Mutex<Vec<Rebalanced>>,
+}
+
+impl ReaderContext {
+    fn push(&self, event: Rebalanced) {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
+    }
+
+    fn take(&self) -> Vec<Rebalanced> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The offsets Redis has applied, per partition of our topic. This runs
+    /// inside the rebalance callback, so it uses a short, blocking connection.
+    fn redis_offsets(&self) -> Result<BTreeMap<i32, i64>, String> {
+        use deadpool_redis::redis::Commands;
+        let client = deadpool_redis::redis::Client::open(self.redis_url.as_str()).map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        let stored: BTreeMap<String, i64> = conn.hgetall(&self.keys.offsets).map_err(|e| e.to_string())?;
+        let prefix = format!("{}/", self.topic);
+        Ok(stored
+            .into_iter()
+            .filter_map(|(field, offset)| Some((field.strip_prefix(&prefix)?.parse().ok()?, offset)))
+            .collect())
+    }
+
+    /// Sets each partition's starting offset in `tpl` and reports it.
+    fn choose_starts<K: Consumer<ReaderContext>>(&self, consumer: &K, tpl: &mut TopicPartitionList) {
+        let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
+        let redis = match self.redis_offsets() {
+            Ok(r) => Some(r),
+            Err(error) => {
+                // Kafka's committed offsets alone are safe: if Redis turns out to be
+                // behind them, the script reports a gap and the reader rewinds.
+                tracing::warn!(%error, "cannot read consumer:offsets from Redis; starting from Kafka's committed offsets");
+                None
+            }
+        };
+        let mut chosen = Vec::new();
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        for p in partitions {
+            let committed_next = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(&self.topic, p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let redis_stored = redis.as_ref().map(|r| r.get(&p).copied().unwrap_or(-1));
+            let start = start_offset(redis_stored, committed_next);
+            let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(start));
+            chosen.push((p, start, redis_stored.unwrap_or(-1)));
+        }
+        tracing::info!(partitions = ?chosen, "assigned (partition, start, redis offset)");
+        self.push(Rebalanced::Assigned(chosen));
+    }
+}
+
+/// Where to start a partition: after what Redis counted, but never after what
+/// Kafka knows both sinks wrote (Mongo may be behind Redis).
+pub fn start_offset(redis_stored: Option<i64>, committed_next: Option<i64>) -> i64 {
+    match (redis_stored, committed_next) {
+        (Some(stored), Some(next)) => (stored + 1).min(next),
+        (Some(stored), None) => stored + 1,
+        (None, Some(next)) => next,
+        (None, None) => 0,
+    }
+}
+
+impl ClientContext for ReaderContext {
+    fn stats(&self, stats: Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        ConsumerMetrics::set_up(&self.metrics.kafka_up, up);
+        if let Some(topic) = stats.topics.get(&self.topic) {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.metrics.consumer_lag.set(lag);
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.choose_starts(consumer, tpl);
+                if let Err(error) = consumer.assign(tpl) {
+                    tracing::error!(%error, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
+                tracing::info!(partitions = ?revoked, "revoked");
+                self.push(Rebalanced::Revoked(revoked));
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+type InFlight = Pin<Box<dyn Future<Output = (u64, Result<Written, SinkError>, Result<Written, SinkError>)>>>;
+
+struct ReadLoop {
+    config: ReaderConfig,
+    redis: Addr<RedisAggregator>,
+    mongo: Addr<MongoLogger>,
+    metrics: Arc<ConsumerMetrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The loop's state besides the Kafka clients.
+struct State {
+    batcher: Batcher,
+    tracker: CommitTracker,
+    /// Per partition, the last offset handed to the sinks.
+    prev: BTreeMap<i32, i64>,
+    /// Per partition, what Redis had stored at assignment: poison records at
+    /// or below it were dead-lettered before and are not sent again.
+    dlq_done: BTreeMap<i32, i64>,
+    in_flight: FuturesUnordered<InFlight>,
+    next_seq: u64,
+    paused: bool,
+    rewind: bool,
+    /// The latest committable offset per partition, committed again at shutdown.
+    committable: BTreeMap<i32, i64>,
+}
+
+impl ReadLoop {
+    fn consumer(&self) -> KafkaResult<StreamConsumer<ReaderContext>> {
+        let context = ReaderContext {
+            topic: self.config.topic.clone(),
+            redis_url: self.config.redis_url.clone(),
+            keys: self.config.keys.clone(),
+            metrics: self.metrics.clone(),
+            events: Mutex::new(Vec::new()),
+        };
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", &self.config.group)
+            // Offsets are committed by the reader, only after both sinks wrote a batch.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // A killed consumer's partitions move to the others within 10 s, not Kafka 4's 45 s.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            // Caps what librdkafka prefetches, so memory stays bounded whatever the backlog.
+            .set("queued.max.messages.kbytes", "16384")
+            // Feeds the lag gauge and Kafka's readiness.
+            .set("statistics.interval.ms", "2000")
+            .create_with_context(context)
+    }
+
+    fn dlq_producer(&self) -> KafkaResult<FutureProducer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+    }
+
+    async fn run(self) -> Result<(), KafkaError> {
+        let consumer = self.consumer()?;
+        let dlq = self.dlq_producer()?;
+        consumer.subscribe(&[&self.config.topic])?;
+        let mut shutdown = self.shutdown.clone();
+        let mut st = State {
+            batcher: Batcher::new(self.config.batch_max_records, self.config.batch_max_wait),
+            tracker: CommitTracker::default(),
+            prev: BTreeMap::new(),
+            dlq_done: BTreeMap::new(),
+            in_flight: FuturesUnordered::new(),
+            next_seq: 0,
+            paused: false,
+            rewind: false,
+            committable: BTreeMap::new(),
+        };
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if st.rewind && st.in_flight.is_empty() {
+                self.rewind(&consumer, &mut st).await?;
+            }
+            let can_dispatch = !st.rewind && st.in_flight.len() < self.config.max_in_flight;
+            if can_dispatch && st.batcher.is_due(Instant::now()) {
+                self.dispatch(&mut st);
+                continue;
+            }
+            // Pause fetching while the open batch cannot be handed on; keep polling.
+            let blocked = st.rewind || (!can_dispatch && st.batcher.is_full());
+            self.set_paused(&consumer, &mut st, blocked);
+            let deadline = st.batcher.deadline().filter(|_| can_dispatch);
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                Some((seq, redis, mongo)) = st.in_flight.next(), if !st.in_flight.is_empty() => {
+                    self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
+                    self.completed(&consumer, &mut st, seq, redis, mongo);
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {}
+                received = consumer.recv() => {
+                    self.apply_rebalances(&consumer, &mut st);
+                    match received {
+                        Ok(msg) => self.take_record(&dlq, &mut st, &msg).await?,
+                        Err(error) => tracing::warn!(%error, "kafka consumer error"),
+                    }
+                }
+            }
+            self.apply_rebalances(&consumer, &mut st);
+        }
+        self.drain(&consumer, &mut st).await;
+        Ok(())
+    }
+
+    /// Applies assignment changes reported by the rebalance callback.
+    fn apply_rebalances(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State) {
+        for event in consumer.context().take() {
+            match event {
+                Rebalanced::Revoked(partitions) => {
+                    st.tracker.forget(partitions.iter().copied());
+                    for p in &partitions {
+                        st.prev.remove(p);
+                        st.dlq_done.remove(p);
+                        st.committable.remove(p);
+                    }
+                    st.batcher.retain(|e| !partitions.contains(&e.partition));
+                    st.paused = false;
+                }
+                Rebalanced::Assigned(starts) => {
+                    for (p, start, redis_stored) in starts {
+                        st.prev.insert(p, start - 1);
+                        st.dlq_done.insert(p, redis_stored);
+                    }
+                    st.paused = false;
+                }
+            }
+        }
+    }
+
+    async fn take_record(
+        &self,
+        dlq: &FutureProducer,
+        st: &mut State,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<(), KafkaError> {
+        self.metrics.records_read.inc();
+        let (partition, offset) = (msg.partition(), msg.offset());
+        if !st.prev.contains_key(&partition) {
+            return Ok(()); // no longer ours
+        }
+        let vote = match VoteRecord::decode(msg.payload().unwrap_or_default(), &self.config.rules) {
+            Ok(vote) => Some(vote),
+            Err(reason) => {
+                if offset > st.dlq_done.get(&partition).copied().unwrap_or(-1) {
+                    self.dead_letter(dlq, msg, &reason).await?;
+                }
+                None
+            }
+        };
+        st.batcher.push(
+            Entry {
+                partition,
+                offset,
+                vote,
+            },
+            Instant::now(),
+        );
+        Ok(())
+    }
+
+    /// Sends a record that cannot be counted to the dead-letter topic, with
+    /// the reason and origin in headers; returns once Kafka has it.
+    async fn dead_letter(
+        &self,
+        dlq: &FutureProducer,
+        msg: &BorrowedMessage<'_>,
+        reason: &str,
+    ) -> Result<(), KafkaError> {
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "origin.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "origin.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "origin.offset",
+                value: Some(&offset),
+            });
+        let key = format!("{}/{}/{}", msg.topic(), partition, offset);
+        let payload = msg.payload().unwrap_or_default();
+        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        loop {
+            let record = FutureRecord::to(&self.config.dlq_topic)
+                .key(&key)
+                .payload(payload)
+                .headers(headers.clone());
+            match dlq.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    self.metrics.dlq_records.inc();
+                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), %reason, "record dead-lettered");
+                    return Ok(());
+                }
+                Err((error, _)) => {
+                    tracing::warn!(%error, "dead-letter produce failed; retrying");
+                    tokio::time::sleep(backoff.delay()).await;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, st: &mut State) {
+        st.next_seq += 1;
+        let batch: SharedBatch = Arc::new(st.batcher.take(st.next_seq, &self.config.topic, &mut st.prev));
+        self.metrics.batch_size.observe(batch.entries.len() as f64);
+        st.tracker
+            .dispatched(batch.seq, batch.ranges.iter().map(|r| (r.partition, r.last)));
+        // Both sends are created now, in dispatch order; there is room in both
+        // mailboxes because in-flight batches never exceed their capacity.
+        let to_redis = self.redis.send(WriteBatch(batch.clone()));
+        let to_mongo = self.mongo.send(WriteBatch(batch.clone()));
+        let seq = batch.seq;
+        st.in_flight.push(Box::pin(async move {
+            let (redis, mongo) = futures_util::future::join(to_redis, to_mongo).await;
+            let flatten = |r: Result<Result<Written, SinkError>, MailboxError>| r.unwrap_or(Err(SinkError::Stopped));
+            (seq, flatten(redis), flatten(mongo))
+        }));
+        self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
+    }
+
+    fn completed(
+        &self,
+        consumer: &StreamConsumer<ReaderContext>,
+        st: &mut State,
+        seq: u64,
+        redis: Result<Written, SinkError>,
+        mongo: Result<Written, SinkError>,
+    ) {
+        match (redis, mongo) {
+            (Ok(_), Ok(_)) => {
+                let advanced = st.tracker.confirmed(seq);
+                if !advanced.is_empty() {
+                    st.committable.extend(advanced.iter().map(|(&p, &o)| (p, o)));
+                    self.commit(consumer, &advanced, CommitMode::Async);
+                }
+            }
+            (redis, mongo) => {
+                for e in [redis.err(), mongo.err()].into_iter().flatten() {
+                    tracing::warn!(error = %e, seq, "batch not written; re-reading from what Redis and Kafka hold");
+                }
+                st.rewind = true;
+            }
+        }
+    }
+
+    fn commit(&self, consumer: &StreamConsumer<ReaderContext>, offsets: &BTreeMap<i32, i64>, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &next) in offsets {
+            let _ = tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next));
+        }
+        if let Err(error) = consumer.commit(&tpl, mode) {
+            tracing::warn!(%error, "offset commit failed; a later commit or a replay covers it");
+        }
+    }
+
+    fn set_paused(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State, pause: bool) {
+        if pause == st.paused {
+            return;
+        }
+        let Ok(assignment) = consumer.assignment() else { return };
+        let result = if pause {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => st.paused = pause,
+            Err(error) => tracing::warn!(%error, pause, "pause/resume failed"),
+        }
+    }
+
+    /// After a batch was refused: everything in flight has come back; seek
+    /// every assigned partition to where Redis and Kafka say to start.
+    async fn rewind(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State) -> Result<(), KafkaError> {
+        self.metrics.rewinds.inc();
+        st.batcher.clear();
+        st.tracker.clear();
+        let mut tpl = consumer.assignment()?;
+        consumer.context().choose_starts(consumer, &mut tpl);
+        // choose_starts reported the new starts as an assignment: apply them now.
+        self.apply_rebalances(consumer, st);
+        for e in tpl.elements() {
+            consumer.seek(e.topic(), e.partition(), e.offset(), Duration::from_secs(10))?;
+        }
+        st.rewind = false;
+        tracing::info!("rewound to Redis's and Kafka's offsets");
+        Ok(())
+    }
+
+    /// Shutdown: hand on what was read, wait for the sinks, commit synchronously.
+    async fn drain(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State) {
+        if !st.batcher.is_empty() && !st.rewind {
+            self.dispatch(st);
+        }
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some((seq, redis, mongo)) = st.in_flight.next().await {
+                self.completed(consumer, st, seq, redis, mongo);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("sinks did not finish within {DRAIN_TIMEOUT:?}; those batches will be read again");
+        }
+        if !st.committable.is_empty() {
+            let committable = st.committable.clone();
+            self.commit(consumer, &committable, CommitMode::Sync);
+        }
+        tracing::info!(committed = ?st.committable, "reader drained");
+    }
+}
+
+/// How long shutdown waits for in-flight batches (Kubernetes' grace period is longer).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_starts_after_redis_but_never_after_kafkas_commit() {
+        // Fresh contest: the beginning.
+        assert_eq!(start_offset(Some(-1), None), 0);
+        assert_eq!(start_offset(None, None), 0);
+        // Redis ahead of the commit (Mongo had not confirmed): the commit wins.
+        assert_eq!(start_offset(Some(99), Some(50)), 50);
+        // Redis lost data: start after what Redis really has.
+        assert_eq!(start_offset(Some(9), Some(50)), 10);
+        assert_eq!(start_offset(Some(-1), Some(50)), 0);
+        // Redis unreachable: Kafka's commit.
+        assert_eq!(start_offset(None, Some(50)), 50);
+    }
+}

@@ -1,0 +1,229 @@
+//! The supervised sink actor shared by the Redis aggregator and the Mongo
+//! logger. Each sink writes batches strictly in mailbox order. When a write
+//! fails on I/O, the actor keeps the batch (and the reader's reply channel),
+//! stops its context and is restarted by `actix::Supervisor` with capped
+//! exponential backoff; on restart it reconnects and writes the kept batch
+//! before it takes the next message, so order holds and nothing is dropped.
+//! The reader's `Addr::send(..).await` resolves only when a batch is written.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::batch::SharedBatch;
+use super::metrics::{ConsumerMetrics, SinkLabel};
+
+/// What a sink reports for a written batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Votes newly stored (a replay stores fewer, or none).
+    pub votes: usize,
+}
+
+/// Why a batch was not written; the reader re-reads from what is stored.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SinkError {
+    #[error("redis is behind the batch on {field} (stored offset {stored}); it lost data")]
+    Gap { field: String, stored: i64 },
+    #[error("the sink stopped before writing the batch")]
+    Stopped,
+}
+
+/// A write that failed: `Io` restarts the actor and retries, `Refused` is answered.
+#[derive(Debug)]
+pub enum WriteFailure {
+    Io(String),
+    Refused(SinkError),
+}
+
+/// One external store behind a sink actor.
+pub trait Sink: Unpin + 'static {
+    /// The actor's name in logs and metrics.
+    const NAME: &'static str;
+    type Conn: Clone + Unpin + 'static;
+    fn connect(&self) -> impl Future<Output = Result<Self::Conn, String>> + 'static;
+    fn write(
+        &self,
+        conn: Self::Conn,
+        batch: SharedBatch,
+    ) -> impl Future<Output = Result<Written, WriteFailure>> + 'static;
+}
+
+/// Doubles from `min` up to `max`; reset after a success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            next: Duration::ZERO,
+        }
+    }
+
+    /// The delay before the next attempt (zero after a success).
+    pub fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = if d.is_zero() { self.min } else { (d * 2).min(self.max) };
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::ZERO;
+    }
+}
+
+pub struct WriteBatch(pub SharedBatch);
+
+impl Message for WriteBatch {
+    type Result = Result<Written, SinkError>;
+}
+
+type Reply = oneshot::Sender<Result<Written, SinkError>>;
+
+pub struct SinkActor<S: Sink> {
+    sink: S,
+    conn: Option<S::Conn>,
+    /// A batch whose write failed, with the reader's reply channel: written first after a restart.
+    kept: Option<(SharedBatch, Reply)>,
+    backoff: Backoff,
+    capacity: usize,
+    metrics: Arc<ConsumerMetrics>,
+    up: fn(&ConsumerMetrics) -> &AtomicBool,
+}
+
+impl<S: Sink> SinkActor<S> {
+    pub fn new(
+        sink: S,
+        capacity: usize,
+        backoff: Backoff,
+        metrics: Arc<ConsumerMetrics>,
+        up: fn(&ConsumerMetrics) -> &AtomicBool,
+    ) -> Self {
+        SinkActor {
+            sink,
+            conn: None,
+            kept: None,
+            backoff,
+            capacity,
+            metrics,
+            up,
+        }
+    }
+
+    /// Starts the actor under a supervisor.
+    pub fn start_supervised(self) -> Addr<Self> {
+        Supervisor::start(move |_| self)
+    }
+
+    fn set_up(&self, up: bool) {
+        ConsumerMetrics::set_up((self.up)(&self.metrics), up);
+    }
+
+    /// Writes one batch, holding the mailbox until it is done.
+    fn write(&mut self, batch: SharedBatch, reply: Reply, ctx: &mut Context<Self>) {
+        let Some(conn) = self.conn.clone() else {
+            self.kept = Some((batch, reply));
+            ctx.stop();
+            return;
+        };
+        let started = Instant::now();
+        let write = self.sink.write(conn, batch.clone());
+        ctx.wait(write.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(written) => {
+                act.backoff.reset();
+                act.metrics
+                    .apply_seconds
+                    .get_or_create(&SinkLabel { sink: S::NAME })
+                    .observe(started.elapsed().as_secs_f64());
+                act.metrics
+                    .batches_applied
+                    .get_or_create(&SinkLabel { sink: S::NAME })
+                    .inc();
+                let _ = reply.send(Ok(written));
+            }
+            Err(WriteFailure::Refused(e)) => {
+                let _ = reply.send(Err(e));
+            }
+            Err(WriteFailure::Io(error)) => {
+                tracing::warn!(actor = S::NAME, %error, "write failed; restarting");
+                act.set_up(false);
+                act.conn = None;
+                act.kept = Some((batch, reply));
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+impl<S: Sink> Actor for SinkActor<S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.capacity);
+        let delay = self.backoff.delay();
+        let connect = self.sink.connect();
+        // `wait` keeps the mailbox closed until connected and the kept batch written.
+        ctx.wait(
+            async move {
+                tokio::time::sleep(delay).await;
+                connect.await
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(conn) => {
+                    tracing::info!(actor = S::NAME, "connected");
+                    act.conn = Some(conn);
+                    act.set_up(true);
+                    if let Some((batch, reply)) = act.kept.take() {
+                        act.write(batch, reply, ctx);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(actor = S::NAME, %error, "cannot connect; restarting");
+                    act.set_up(false);
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+}
+
+impl<S: Sink> Supervised for SinkActor<S> {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.metrics.restarted(S::NAME);
+    }
+}
+
+impl<S: Sink> Handler<WriteBatch> for SinkActor<S> {
+    type Result = ResponseFuture<Result<Written, SinkError>>;
+
+    fn handle(&mut self, msg: WriteBatch, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.write(msg.0, reply, ctx);
+        Box::pin(async move { answer.await.unwrap_or(Err(SinkError::Stopped)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_zero_then_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<u128> = (0..5).map(|_| b.delay().as_millis()).collect();
+        assert_eq!(delays, [0, 100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.delay(), Duration::ZERO);
+    }
+}

@@ -1,0 +1,371 @@
+//! Helpers for tests that run the real `votestream` binary against the local
+//! stack: a per-test world (topics, consumer group, Redis prefix, Mongo
+//! database), a vote generator with known totals, process control and checks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_redis::redis;
+use futures_util::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use votestream::vote::{Route, Rules, Vote, VoteRecord};
+
+use crate::common::{TempTopic, free_port, kafka_brokers, mongodb_uri, redis_url, scratch_dir, unique};
+
+pub const BANDS: [(&str, [&str; 2]); 3] = [
+    ("Bohemia Suburbana", ["Vidas Ajenas", "Ciudad de Piedra"]),
+    ("Alux Nahual", ["Alux Nahual", "Hijos del Maíz"]),
+    ("Malacates Trébol Shop", ["Resistencia", "Caramelo"]),
+];
+
+/// Everything one test owns, removed when it drops.
+pub struct World {
+    pub topic: TempTopic,
+    pub dlq: TempTopic,
+    pub group: String,
+    pub prefix: String,
+    pub database: String,
+    pub redis_url: String,
+    pub mongodb_uri: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl World {
+    pub async fn new(name: &str) -> World {
+        World {
+            topic: TempTopic::create(&format!("{name}-votes"), 6).await,
+            dlq: TempTopic::create(&format!("{name}-dlq"), 1).await,
+            group: unique(&format!("{name}-group")),
+            prefix: format!("{}:", unique(name)),
+            database: unique(name),
+            redis_url: redis_url(),
+            mongodb_uri: mongodb_uri(),
+            dir: scratch_dir(name),
+        }
+    }
+
+    /// Starts `votestream consumer` for this world; its log goes to `dir/consumer-N.log`.
+    pub fn spawn_consumer(&self, n: usize, extra_env: &[(&str, &str)]) -> ConsumerProcess {
+        let port = free_port();
+        let log = std::fs::File::create(self.dir.join(format!("consumer-{n}.log"))).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_votestream"));
+        cmd.arg("consumer")
+            .env("KAFKA_BROKERS", kafka_brokers())
+            .env("VOTES_TOPIC", &self.topic.name)
+            .env("DLQ_TOPIC", &self.dlq.name)
+            .env("CONSUMER_GROUP", &self.group)
+            .env("REDIS_URL", &self.redis_url)
+            .env("REDIS_KEY_PREFIX", &self.prefix)
+            .env("MONGODB_URI", &self.mongodb_uri)
+            .env("MONGODB_DATABASE", &self.database)
+            .env("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn votestream consumer");
+        ConsumerProcess { child, port }
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub async fn redis_total(&self) -> i64 {
+        let Ok(client) = redis::Client::open(self.redis_url.as_str()) else {
+            return -1;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return -1;
+        };
+        let total: Option<i64> = redis::cmd("GET")
+            .arg(format!("{}votes:total", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        total.unwrap_or(0)
+    }
+
+    pub async fn logs(&self) -> mongodb::Collection<Document> {
+        mongodb::Client::with_uri_str(&self.mongodb_uri)
+            .await
+            .unwrap()
+            .database(&self.database)
+            .collection("logs")
+    }
+
+    /// Kafka's committed offset of the group, per partition (-1 where none).
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", &self.group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..6 {
+            tpl.add_partition(&self.topic.name, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), o),
+                _ => (e.partition(), -1),
+            })
+            .collect()
+    }
+
+    /// The end of each partition of the votes topic.
+    pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .create()
+            .unwrap();
+        (0..6)
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&self.topic.name, p, Duration::from_secs(10))
+                    .unwrap();
+                (p, high)
+            })
+            .collect()
+    }
+
+    /// Drops the test's Redis keys and Mongo database.
+    pub async fn clean(&self) {
+        let mut conn = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+        }
+        let client = mongodb::Client::with_uri_str(&self.mongodb_uri).await.unwrap();
+        client.database(&self.database).drop().await.unwrap();
+    }
+}
+
+pub struct ConsumerProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl ConsumerProcess {
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then the exit status once it has drained.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        assert!(status.success());
+        self.child.wait().expect("exit status")
+    }
+
+    pub async fn metrics(&self) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        reqwest::get(url).await.ok()?.text().await.ok()
+    }
+
+    /// The process's peak resident memory, in MiB (VmHWM).
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a set of votes must produce in Redis.
+#[derive(Debug, Default, PartialEq)]
+pub struct Expected {
+    pub total: i64,
+    pub by_band: HashMap<String, i64>,
+    pub by_album: HashMap<String, i64>,
+    pub by_route: HashMap<String, i64>,
+    pub rank_sum: HashMap<String, f64>,
+}
+
+impl Expected {
+    pub fn add(&mut self, v: &VoteRecord) {
+        self.total += 1;
+        *self.by_band.entry(v.name.clone()).or_default() += 1;
+        *self.by_album.entry(v.album_key()).or_default() += 1;
+        *self.by_route.entry(v.route.as_str().to_owned()).or_default() += 1;
+        *self.rank_sum.entry(v.album_key()).or_default() += v.rank;
+    }
+
+    /// The average rank per album as the consumer must store it: 2 decimals.
+    pub fn averages(&self) -> HashMap<String, String> {
+        self.by_album
+            .iter()
+            .map(|(album, &n)| (album.clone(), format!("{:.2}", self.rank_sum[album] / n as f64)))
+            .collect()
+    }
+}
+
+/// `n` votes spread over bands, albums and routes. Ranks are multiples of 0.5,
+/// so sums are exact in binary floating point and averages can be compared exactly.
+pub fn votes(n: usize) -> (Vec<VoteRecord>, Expected) {
+    let mut expected = Expected::default();
+    let rules = Rules::default();
+    let records: Vec<VoteRecord> = (0..n)
+        .map(|i| {
+            let (band, albums) = BANDS[i % BANDS.len()];
+            let album = albums[(i / BANDS.len()) % 2];
+            let rank = ((i * 7) % 21) as f64 / 2.0;
+            let route = if i % 3 == 0 { Route::Grpc } else { Route::Http };
+            let v = Vote::new(band, album, 1990 + (i % 30) as i64, rank, &rules)
+                .unwrap()
+                .stamp(route, Utc::now());
+            expected.add(&v);
+            v
+        })
+        .collect();
+    (records, expected)
+}
+
+/// Produces records (key = vote id) and waits for every delivery.
+pub async fn produce(topic: &str, records: &[VoteRecord]) {
+    let payloads: Vec<(String, Vec<u8>)> = records.iter().map(|v| (v.id.to_string(), v.to_json())).collect();
+    produce_raw(topic, &payloads).await;
+}
+
+pub async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .unwrap();
+    for chunk in records.chunks(10_000) {
+        let sends = chunk.iter().map(|(key, payload)| {
+            producer.send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(60),
+            )
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result.map_err(|(e, _)| e).expect("produced");
+        }
+    }
+}
+
+/// Waits until Redis has counted `total` votes (or fails after `limit`).
+pub async fn wait_for_total(world: &World, total: i64, limit: Duration) {
+    let started = std::time::Instant::now();
+    crate::common::eventually(&format!("votes:total = {total}"), limit, || async {
+        (world.redis_total().await == total).then_some(())
+    })
+    .await;
+    eprintln!(
+        "redis counted {total} votes after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Waits until the group's committed offsets reach the end of every
+/// partition (both sinks confirmed everything), then checks every Redis
+/// counter and the Mongo logs.
+pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecord]) {
+    let started = std::time::Instant::now();
+    let high = world.high_watermarks();
+    crate::common::eventually(
+        "committed offsets at the end of every partition",
+        Duration::from_secs(120),
+        || {
+            let committed = world.committed();
+            let high = high.clone();
+            async move { (committed == high).then_some(()) }
+        },
+    )
+    .await;
+    eprintln!(
+        "offsets committed to the end after {:.1} s more",
+        started.elapsed().as_secs_f64()
+    );
+    let mut conn = world.redis().await;
+    let p = &world.prefix;
+    let total: i64 = redis::cmd("GET")
+        .arg(format!("{p}votes:total"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(total, expected.total, "votes:total");
+    let hash = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let m: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(&mut conn).await.unwrap();
+            m
+        }
+    };
+    let ints = |m: HashMap<String, String>| -> HashMap<String, i64> {
+        m.into_iter().map(|(k, v)| (k, v.parse().unwrap())).collect()
+    };
+    assert_eq!(
+        ints(hash(format!("{p}votes:by_band")).await),
+        expected.by_band,
+        "votes:by_band"
+    );
+    assert_eq!(
+        ints(hash(format!("{p}votes:by_album")).await),
+        expected.by_album,
+        "votes:by_album"
+    );
+    assert_eq!(
+        ints(hash(format!("{p}votes:by_route")).await),
+        expected.by_route,
+        "votes:by_route"
+    );
+    let sums: HashMap<String, f64> = hash(format!("{p}rank:sum_by_album"))
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.parse().unwrap()))
+        .collect();
+    assert_eq!(sums, expected.rank_sum, "rank:sum_by_album");
+    assert_eq!(
+        hash(format!("{p}rank:avg_by_album")).await,
+        expected.averages(),
+        "rank:avg_by_album"
+    );
+
+    let logs = world.logs().await;
+    let docs: Vec<Document> = logs
+        .find(doc! {})
+        .projection(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), votes.len(), "one log per vote");
+    let logged: HashSet<String> = docs.iter().map(|d| d.get_str("_id").unwrap().to_owned()).collect();
+    let sent: HashSet<String> = votes.iter().map(|v| v.id.to_string()).collect();
+    assert!(logged == sent, "every vote logged under its id, and nothing else");
+}
