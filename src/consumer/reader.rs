@@ -3,8 +3,10 @@
 //! hands each batch to both sinks and commits offsets once both have written
 //! it, in partition order.
 //!
-//! Backpressure: at most `mailbox_capacity` batches are in flight, so every
-//! `Addr::send` finds room and batches enter both mailboxes in dispatch order;
+//! Backpressure: at most `mailbox_capacity` batches are in flight and each
+//! sink's actix channel holds one more, so every `Addr::send` finds room and
+//! batches enter both mailboxes in dispatch order (order matters: the Redis
+//! script is fenced by offsets);
 //! when the sinks fall behind the limit is reached, the assigned partitions
 //! are paused (the consumer keeps polling, so it stays in its group) and
 //! memory stays bounded by one open batch.
@@ -194,8 +196,12 @@ impl ReaderContext {
             .collect())
     }
 
-    /// Sets each partition's starting offset in `tpl` and reports it.
-    fn choose_starts<K: Consumer<ReaderContext>>(&self, consumer: &K, tpl: &mut TopicPartitionList) {
+    /// Sets each partition's starting offset in `tpl`; returns (partition, start, Redis's offset).
+    fn choose_starts<K: Consumer<ReaderContext>>(
+        &self,
+        consumer: &K,
+        tpl: &mut TopicPartitionList,
+    ) -> Vec<(i32, i64, i64)> {
         let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
         let redis = match self.redis_offsets() {
             Ok(r) => Some(r),
@@ -221,8 +227,8 @@ impl ReaderContext {
             let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(start));
             chosen.push((p, start, redis_stored.unwrap_or(-1)));
         }
-        tracing::info!(partitions = ?chosen, "assigned (partition, start, redis offset)");
-        self.push(Rebalanced::Assigned(chosen));
+        tracing::info!(partitions = ?chosen, "starting at (partition, offset, redis offset)");
+        chosen
     }
 }
 
@@ -257,7 +263,8 @@ impl ConsumerContext for ReaderContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.choose_starts(consumer, tpl);
+                let starts = self.choose_starts(consumer, tpl);
+                self.push(Rebalanced::Assigned(starts));
                 if let Err(error) = consumer.assign(tpl) {
                     tracing::error!(%error, "assign failed");
                 }
@@ -294,6 +301,9 @@ struct State {
     tracker: CommitTracker,
     /// Per partition, the last offset handed to the sinks.
     prev: BTreeMap<i32, i64>,
+    /// Per partition, the lowest offset still to be read: anything below it
+    /// (a record fetched before a seek) is not taken twice.
+    next: BTreeMap<i32, i64>,
     /// Per partition, what Redis had stored at assignment: poison records at
     /// or below it were dead-lettered before and are not sent again.
     dlq_done: BTreeMap<i32, i64>,
@@ -303,6 +313,18 @@ struct State {
     rewind: bool,
     /// The latest committable offset per partition, committed again at shutdown.
     committable: BTreeMap<i32, i64>,
+}
+
+impl State {
+    /// Records where each partition starts: the offset before it was handed
+    /// out, and what Redis had (for dead letters already sent).
+    fn start_at(&mut self, starts: &[(i32, i64, i64)]) {
+        for &(p, start, redis_stored) in starts {
+            self.prev.insert(p, start - 1);
+            self.next.insert(p, start);
+            self.dlq_done.insert(p, redis_stored);
+        }
+    }
 }
 
 impl ReadLoop {
@@ -348,6 +370,7 @@ impl ReadLoop {
             batcher: Batcher::new(self.config.batch_max_records, self.config.batch_max_wait),
             tracker: CommitTracker::default(),
             prev: BTreeMap::new(),
+            next: BTreeMap::new(),
             dlq_done: BTreeMap::new(),
             in_flight: FuturesUnordered::new(),
             next_seq: 0,
@@ -400,6 +423,7 @@ impl ReadLoop {
                     st.tracker.forget(partitions.iter().copied());
                     for p in &partitions {
                         st.prev.remove(p);
+                        st.next.remove(p);
                         st.dlq_done.remove(p);
                         st.committable.remove(p);
                     }
@@ -407,10 +431,8 @@ impl ReadLoop {
                     st.paused = false;
                 }
                 Rebalanced::Assigned(starts) => {
-                    for (p, start, redis_stored) in starts {
-                        st.prev.insert(p, start - 1);
-                        st.dlq_done.insert(p, redis_stored);
-                    }
+                    st.start_at(&starts);
+                    // A new assignment is not paused.
                     st.paused = false;
                 }
             }
@@ -425,9 +447,12 @@ impl ReadLoop {
     ) -> Result<(), KafkaError> {
         self.metrics.records_read.inc();
         let (partition, offset) = (msg.partition(), msg.offset());
-        if !st.prev.contains_key(&partition) {
-            return Ok(()); // no longer ours
+        match st.next.get(&partition) {
+            None => return Ok(()),                         // no longer ours
+            Some(&next) if offset < next => return Ok(()), // already taken
+            Some(_) => {}
         }
+        st.next.insert(partition, offset + 1);
         let vote = match VoteRecord::decode(msg.payload().unwrap_or_default(), &self.config.rules) {
             Ok(vote) => Some(vote),
             Err(reason) => {
@@ -574,13 +599,13 @@ impl ReadLoop {
         st.batcher.clear();
         st.tracker.clear();
         let mut tpl = consumer.assignment()?;
-        consumer.context().choose_starts(consumer, &mut tpl);
-        // choose_starts reported the new starts as an assignment: apply them now.
-        self.apply_rebalances(consumer, st);
+        let starts = consumer.context().choose_starts(consumer, &mut tpl);
+        st.start_at(&starts);
         for e in tpl.elements() {
             consumer.seek(e.topic(), e.partition(), e.offset(), Duration::from_secs(10))?;
         }
         st.rewind = false;
+        self.set_paused(consumer, st, false);
         tracing::info!("rewound to Redis's and Kafka's offsets");
         Ok(())
     }

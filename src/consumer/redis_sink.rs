@@ -113,6 +113,7 @@ impl Sink for RedisWriter {
                         }
                     }
                     Reply::Gap { field, stored } => {
+                        tracing::warn!(seq = batch.seq, ranges = ?deltas.ranges, %field, stored, "gap");
                         return Err(WriteFailure::Refused(SinkError::Gap { field, stored }));
                     }
                     Reply::Unexpected => return Err(io(&format!("unexpected script reply {reply:?}"))),

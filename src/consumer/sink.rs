@@ -169,7 +169,9 @@ impl<S: Sink> Actor for SinkActor<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.capacity);
+        // One more than the reader keeps in flight: a full actix channel parks
+        // the sender, and parked sends are delivered in no particular order.
+        ctx.set_mailbox_capacity(self.capacity + 1);
         let delay = self.backoff.delay();
         let connect = self.sink.connect();
         // `wait` keeps the mailbox closed until connected and the kept batch written.

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::pipeline::{World, assert_exact, produce, votes, wait_for_total};
+use crate::common::eventually;
+use crate::pipeline::{World, assert_exact, produce, produce_raw, votes, wait_for_total};
+use crate::services::{PrivateMongo, PrivateRedis};
 
 /// Heavy tests share 2 cores; one at a time keeps each well inside its limits.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -20,4 +22,251 @@ async fn a_hundred_thousand_votes_are_counted_and_logged_exactly() {
     assert_exact(&world, &expected, &records).await;
     assert!(consumer.terminate().success(), "clean exit on SIGTERM");
     world.clean().await;
+}
+
+/// Waits until Redis has counted more than `floor` votes and returns the count.
+async fn progress_past(world: &World, floor: i64) -> i64 {
+    eventually(
+        &format!("votes:total past {floor}"),
+        Duration::from_secs(180),
+        || async {
+            let total = world.redis_total().await;
+            (total > floor).then_some(total)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_consumer_killed_three_times_while_draining_still_counts_exactly() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("kill9").await;
+    let n = 60_000;
+    let (records, expected) = votes(n);
+    produce(&world.topic.name, &records).await;
+    let small_batches = [("BATCH_MAX_RECORDS", "250")];
+    let mut floor = 0;
+    for round in 0..3 {
+        let mut consumer = world.spawn_consumer(round, &small_batches);
+        let seen = progress_past(&world, floor + 3_000).await;
+        consumer.kill9();
+        assert!(
+            seen < n as i64,
+            "round {round}: killed mid-backlog ({seen} of {n} counted)"
+        );
+        floor = world.redis_total().await;
+        eprintln!("round {round}: SIGKILL with {floor} of {n} counted");
+    }
+    let mut consumer = world.spawn_consumer(3, &small_batches);
+    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+    assert!(consumer.terminate().success());
+    world.clean().await;
+}
+
+#[tokio::test]
+async fn redis_and_mongo_restarts_while_draining_lose_and_double_count_nothing() {
+    let _turn = HEAVY.lock().await;
+    let mut world = World::new("restarts").await;
+    // Without persistence, the hardest case: Redis comes back empty, the
+    // script reports a gap and the reader recounts from the log.
+    let mut redis = PrivateRedis::start(&world.dir, false);
+    let mut mongo = PrivateMongo::start(&world.dir);
+    world.redis_url = redis.url();
+    world.mongodb_uri = mongo.uri();
+    let n = 40_000;
+    let (records, expected) = votes(n);
+    produce(&world.topic.name, &records).await;
+    let mut consumer = world.spawn_consumer(0, &[("BATCH_MAX_RECORDS", "250")]);
+
+    let seen = progress_past(&world, 3_000).await;
+    redis.crash_and_restart(Duration::from_secs(2));
+    eprintln!("redis killed and restarted empty at {seen} counted");
+    let floor = progress_past(&world, seen).await;
+    let before = world.redis_total().await;
+    mongo.crash_and_restart(Duration::from_secs(3));
+    let paused = world.redis_total().await;
+    eprintln!("mongo killed and restarted at {before} counted (reading paused at {paused}, floor {floor})");
+    assert!(paused < n as i64, "mongo restarted mid-backlog");
+
+    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+    let metrics = consumer.metrics().await.expect("metrics");
+    for actor in ["redis_aggregator", "mongo_logger"] {
+        let restarts = counter(
+            &metrics,
+            &format!("votestream_consumer_actor_restarts_total{{actor=\"{actor}\"}}"),
+        );
+        assert!(restarts >= 1.0, "{actor} restarted (metrics say {restarts})");
+    }
+    assert!(
+        counter(&metrics, "votestream_consumer_rewinds_total") >= 1.0,
+        "the lost counts were re-read"
+    );
+    let peak = consumer.peak_rss_mib().expect("peak RSS");
+    eprintln!("consumer peak RSS {peak:.1} MiB");
+    assert!(peak < 512.0, "memory stays bounded: peak RSS {peak:.1} MiB");
+    assert!(consumer.terminate().success());
+}
+
+#[tokio::test]
+async fn two_consumers_in_one_group_with_one_killed_midway_count_exactly() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("pair").await;
+    let n = 40_000;
+    let (records, expected) = votes(n);
+    produce(&world.topic.name, &records).await;
+    let batches = [("BATCH_MAX_RECORDS", "250")];
+    let mut first = world.spawn_consumer(0, &batches);
+    let mut second = world.spawn_consumer(1, &batches);
+    let seen = progress_past(&world, 8_000).await;
+    first.kill9();
+    eprintln!("first consumer killed at {seen} counted");
+    assert!(seen < n as i64);
+    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+    assert!(second.terminate().success());
+    world.clean().await;
+}
+
+#[tokio::test]
+async fn poison_records_go_to_the_dead_letter_topic_once_and_the_rest_is_counted() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("poison").await;
+    let (records, expected) = votes(2_000);
+    let valid = records[0].clone();
+    let mut wrong_type = serde_json::to_value(&valid).unwrap();
+    wrong_type["year"] = serde_json::json!("1997");
+    let mut out_of_range = serde_json::to_value(&valid).unwrap();
+    out_of_range["rank"] = serde_json::json!(11.5);
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"{not json".to_vec()),
+        ("wrong types", serde_json::to_vec(&wrong_type).unwrap()),
+        ("out of range", serde_json::to_vec(&out_of_range).unwrap()),
+        ("empty value", Vec::new()),
+    ];
+    // Poison spread among the valid records: 4 kinds x 5 = 20 records.
+    let mut mixed: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, v) in records.iter().enumerate() {
+        if i % 100 == 0 {
+            let (kind, bytes) = &poison[(i / 100) % poison.len()];
+            mixed.push((format!("poison-{i}-{kind}"), bytes.clone()));
+        }
+        mixed.push((v.id.to_string(), v.to_json()));
+    }
+    let poison_count = mixed.len() - records.len();
+    produce_raw(&world.topic.name, &mixed).await;
+
+    let mut consumer = world.spawn_consumer(0, &[("BATCH_MAX_RECORDS", "100")]);
+    wait_for_total(&world, records.len() as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+
+    let dead = read_all(&world.dlq.name, poison_count, Duration::from_secs(60)).await;
+    assert_eq!(
+        dead.len(),
+        poison_count,
+        "each poison record dead-lettered exactly once"
+    );
+    let mut origins = std::collections::HashSet::new();
+    for (key, headers) in &dead {
+        assert!(
+            key.starts_with(&format!("{}/", world.topic.name)),
+            "dlq key names the origin: {key}"
+        );
+        assert!(!headers["reason"].is_empty());
+        assert!(headers.contains_key("origin.partition") && headers.contains_key("origin.offset"));
+        origins.insert(key.clone());
+    }
+    assert_eq!(origins.len(), poison_count, "no record dead-lettered twice");
+    let reasons: Vec<&str> = dead.iter().map(|(_, h)| h["reason"].as_str()).collect();
+    assert!(reasons.iter().any(|r| r.contains("empty record value")));
+    assert!(reasons.iter().any(|r| r.contains("not a vote record")));
+    assert!(reasons.iter().any(|r| r.contains("rank")));
+
+    let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", consumer.port))
+        .await
+        .unwrap();
+    assert!(health.status().is_success(), "the consumer keeps running");
+    assert!(consumer.terminate().success());
+    world.clean().await;
+}
+
+#[tokio::test]
+async fn sigterm_with_a_backlog_exits_cleanly_and_a_restart_finishes_exactly() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("sigterm").await;
+    let n = 40_000;
+    let (records, expected) = votes(n);
+    produce(&world.topic.name, &records).await;
+    let batches = [("BATCH_MAX_RECORDS", "250")];
+    let mut consumer = world.spawn_consumer(0, &batches);
+    progress_past(&world, 3_000).await;
+    let status = consumer.terminate();
+    let at_exit = world.redis_total().await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(at_exit < n as i64, "stopped with a backlog ({at_exit} of {n} counted)");
+    eprintln!("SIGTERM: clean exit with {at_exit} of {n} counted");
+    let mut consumer = world.spawn_consumer(1, &batches);
+    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+    assert!(consumer.terminate().success());
+    world.clean().await;
+}
+
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Reads a topic from the beginning until `expected` records arrived, then a
+/// little longer to catch extras; returns (key, headers) per record.
+async fn read_all(
+    topic: &str,
+    expected: usize,
+    limit: Duration,
+) -> Vec<(String, std::collections::HashMap<String, String>)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", crate::common::kafka_brokers())
+        .set("group.id", crate::common::unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let wait = if out.len() >= expected {
+            Duration::from_secs(3)
+        } else {
+            deadline - tokio::time::Instant::now()
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((key, headers));
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => return out,
+        }
+    }
 }

@@ -6,4 +6,5 @@
 mod common;
 mod consumer;
 mod pipeline;
+mod services;
 mod smoke;
