@@ -14,7 +14,7 @@ FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 ENV LIBZ_SYS_STATIC=1 \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
-    CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_DEBUG=none \
     CARGO_TERM_COLOR=never
 COPY . .
 # The cache mounts keep the crate registry and compiled dependencies between

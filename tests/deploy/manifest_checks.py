@@ -594,7 +594,9 @@ def grafana_errors(docs: list[Doc], provisioning: Path) -> list[str]:
 
     for kind in ("datasources", "dashboards"):
         for f in sorted((provisioning / kind).glob("*")):
-            if f.is_file() and mounted_files.get(f.name) != f"/etc/grafana/provisioning/{kind}":
+            if f.suffix not in (".yaml", ".yml", ".json"):
+                continue
+            if mounted_files.get(f.name) != f"/etc/grafana/provisioning/{kind}":
                 errors.append(f"grafana-provisioning/{kind}/{f.name} is not mounted in /etc/grafana/provisioning/{kind}")
 
     env = {v["name"] for v in container.get("env", [])}
