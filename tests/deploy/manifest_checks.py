@@ -116,8 +116,8 @@ def k8s_schema_errors(docs: Iterable[Doc], version: str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def _k8s_definitions(version: str) -> tuple[str, Any]:
-    """The directory name and registry of kubernetes-validate's strict schemas."""
+def _k8s_definitions(version: str) -> Any:
+    """A registry holding kubernetes-validate's strict definitions for `version`."""
     from importlib.resources import files
 
     from referencing import Registry, Resource
@@ -130,12 +130,12 @@ def _k8s_definitions(version: str) -> tuple[str, Any]:
     )
     usable = [n for n in dirs if tuple(int(x) for x in n[1:].split("-")[0].split(".")[:2]) <= wanted]
     definitions = json.loads(root.joinpath(usable[-1], "_definitions.json").read_text())
-    return usable[-1], Resource.from_contents(definitions) @ Registry()
+    return Resource.from_contents(definitions) @ Registry()
 
 
 def k8s_definition_errors(obj: Any, definition: str, version: str, where: str) -> list[str]:
     """Validates a fragment (e.g. a PodSpec) against one Kubernetes definition, strictly."""
-    _, registry = _k8s_definitions(version)
+    registry = _k8s_definitions(version)
     schema = {"$ref": f"https://kubernetes.io/api/_definitions.json#/$defs/{definition}"}
     validator = jsonschema.Draft202012Validator(schema, registry=registry)
     return [
@@ -183,7 +183,8 @@ def strimzi_errors(docs: list[Doc]) -> list[str]:
         if doc.get("apiVersion", "").split("/")[0] != "kafka.strimzi.io":
             continue
         kind = doc.get("kind")
-        if kind not in schema["$defs"] or kind[0].islower():
+        # The schema's $defs hold the kinds (capitalised) and their parts (lower case).
+        if kind not in schema["$defs"] or not kind[0].isupper():
             errors.append(f"{ident(doc)}: no schema for Strimzi kind {kind}")
             continue
         validator = jsonschema.Draft202012Validator({**schema, "$ref": f"#/$defs/{kind}"})
@@ -460,7 +461,7 @@ def votestream_container_errors(docs: list[Doc]) -> list[str]:
                 if not is_project(c):
                     continue
                 where = f"{ident(w)}: container {c['name']}"
-                args = c.get("command", [])[1:] + c.get("args", []) if c.get("command") else c.get("args", [])
+                args = c.get("command", [])[1:] + c.get("args", [])
                 sub = args[0] if args else None
                 if sub not in SUBCOMMANDS:
                     errors.append(f"{where}: runs {args}, not one of the subcommands {sorted(SUBCOMMANDS)}")
@@ -553,7 +554,8 @@ def application_errors(docs: list[Doc]) -> list[str]:
 
     for d in docs:
         labels = d["metadata"].get("labels", {})
-        if any(labels.get(k) != v for k, v in PART_OF.items()) and not d["kind"] in ("ConfigMap", "Secret"):
+        # Generated ConfigMaps and Secrets carry no labels.
+        if any(labels.get(k) != v for k, v in PART_OF.items()) and d["kind"] not in ("ConfigMap", "Secret"):
             errors.append(f"{ident(d)}: no label app.kubernetes.io/part-of=votestream")
         if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "votestream":
             errors.append(f"{ident(d)}: not in the votestream namespace")
