@@ -17,7 +17,12 @@ from manifest_checks import k8s_definition_errors, split_image
 
 CONTAINER_PORT = 80
 # Knative's RevisionSpec = a PodSpec subset plus these.
-KNATIVE_REVISION_FIELDS = {"containerConcurrency", "timeoutSeconds", "responseStartTimeoutSeconds", "idleTimeoutSeconds"}
+KNATIVE_REVISION_FIELDS = {
+    "containerConcurrency",
+    "timeoutSeconds",
+    "responseStartTimeoutSeconds",
+    "idleTimeoutSeconds",
+}
 # Names Cloud Run sets itself and refuses in a manifest.
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
 # The settings that hold credentials, which must come from Secret Manager.
@@ -27,14 +32,18 @@ SECRET_ENV = {"MONGODB_URI", "REDIS_URL"}
 def cloudrun_errors(doc: dict[str, Any], k8s_version: str) -> list[str]:
     errors = []
     if doc.get("apiVersion") != "serving.knative.dev/v1" or doc.get("kind") != "Service":
-        return [f"apiVersion/kind is {doc.get('apiVersion')}/{doc.get('kind')}, not serving.knative.dev/v1 Service"]
+        return [
+            f"apiVersion/kind is {doc.get('apiVersion')}/{doc.get('kind')}, not serving.knative.dev/v1 Service"
+        ]
     extra = set(doc) - {"apiVersion", "kind", "metadata", "spec"}
     if extra:
         errors.append(f"unknown top-level fields {sorted(extra)}")
     meta = doc.get("metadata", {})
     errors += _unknown("metadata", meta, {"name", "namespace", "labels", "annotations"})
     if not re.fullmatch(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?", str(meta.get("name", ""))):
-        errors.append(f"metadata.name {meta.get('name')!r}: Cloud Run wants lowercase letters, digits and dashes, at most 49")
+        errors.append(
+            f"metadata.name {meta.get('name')!r}: Cloud Run wants lowercase letters, digits and dashes, at most 49"
+        )
     errors += _string_maps("metadata", meta)
 
     spec = doc.get("spec", {})
@@ -43,7 +52,9 @@ def cloudrun_errors(doc: dict[str, Any], k8s_version: str) -> list[str]:
     if not isinstance(template, dict):
         return errors + ["spec.template is missing"]
     errors += _unknown("spec.template", template, {"metadata", "spec"})
-    errors += _unknown("spec.template.metadata", template.get("metadata", {}), {"name", "labels", "annotations"})
+    errors += _unknown(
+        "spec.template.metadata", template.get("metadata", {}), {"name", "labels", "annotations"}
+    )
     errors += _string_maps("spec.template.metadata", template.get("metadata", {}))
 
     revision = dict(template.get("spec", {}))
@@ -56,7 +67,9 @@ def cloudrun_errors(doc: dict[str, Any], k8s_version: str) -> list[str]:
 
     serving = [c for c in revision.get("containers", []) if c.get("ports")]
     if len(serving) != 1:
-        return errors + [f"{len(serving)} containers declare ports; Cloud Run needs exactly one ingress container"]
+        return errors + [
+            f"{len(serving)} containers declare ports; Cloud Run needs exactly one ingress container"
+        ]
     c = serving[0]
     where = f"container {c.get('name', '(unnamed)')}"
     ports = c["ports"]
@@ -90,9 +103,13 @@ def cloudrun_errors(doc: dict[str, Any], k8s_version: str) -> list[str]:
             errors += _unknown(f"{where}: env {name}: secretKeyRef", secret, {"name", "key"})
             # name: a Secret Manager secret; key: its version, a number or "latest".
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", str(secret.get("name", ""))):
-                errors.append(f"{where}: env {name}: secretKeyRef.name {secret.get('name')!r} is no secret name")
+                errors.append(
+                    f"{where}: env {name}: secretKeyRef.name {secret.get('name')!r} is no secret name"
+                )
             if not re.fullmatch(r"latest|[1-9][0-9]*", str(secret.get("key", ""))):
-                errors.append(f"{where}: env {name}: secretKeyRef.key {secret.get('key')!r} is neither a version number nor latest")
+                errors.append(
+                    f"{where}: env {name}: secretKeyRef.key {secret.get('key')!r} is neither a version number nor latest"
+                )
         sources[name] = "secret" if ref else "value"
     for name in SECRET_ENV:
         if sources.get(name) != "secret":

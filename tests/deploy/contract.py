@@ -50,7 +50,7 @@ def binary_env_names() -> set[str]:
     text = (ROOT / "src" / "config.rs").read_text()
     names = set(re.findall(r'\benv\s*=\s*"([A-Z0-9_]+)"', text))
     if not names:
-        raise AssertionError("no `env = \"...\"` found in src/config.rs: has the CLI moved?")
+        raise AssertionError('no `env = "..."` found in src/config.rs: has the CLI moved?')
     return names | EXTRA_ENV
 
 

@@ -7,10 +7,13 @@ import shutil
 
 import pytest
 
+import grafana_checks
 import manifest_checks as mc
+import pod_checks
 from conftest import rendered
 from contract import ROOT
 from kustomize_lite import pod_specs
+from strimzi_checks import strimzi_errors
 
 
 def container(docs, kind, name, index=0):
@@ -114,7 +117,9 @@ def probe_on_wrong_port(docs):
 
 @mistake
 def http_address_moved_but_not_the_port(docs):
-    container(docs, "Deployment", "ingress-http")["env"].append({"name": "HTTP_ADDR", "value": "0.0.0.0:9000"})
+    container(docs, "Deployment", "ingress-http")["env"].append(
+        {"name": "HTTP_ADDR", "value": "0.0.0.0:9000"}
+    )
 
 
 @mistake
@@ -178,29 +183,29 @@ def topic_setting_without_topic(docs):
 CAUGHT_BY = {
     misspelt_container_field: lambda d: mc.k8s_schema_errors(d, "1.30.0"),
     string_replicas: lambda d: mc.k8s_schema_errors(d, "1.30.0"),
-    misspelt_topic_field: mc.strimzi_errors,
-    listener_without_tls: mc.strimzi_errors,
-    config_strimzi_manages: mc.strimzi_errors,
-    pool_without_roles: mc.strimzi_errors,
-    topic_of_another_cluster: mc.strimzi_errors,
-    more_replicas_than_brokers: mc.strimzi_errors,
+    misspelt_topic_field: strimzi_errors,
+    listener_without_tls: strimzi_errors,
+    config_strimzi_manages: strimzi_errors,
+    pool_without_roles: strimzi_errors,
+    topic_of_another_cluster: strimzi_errors,
+    more_replicas_than_brokers: strimzi_errors,
     service_selector_typo: mc.reference_errors,
     service_target_port_typo: mc.reference_errors,
     missing_configmap: mc.reference_errors,
     missing_secret_key: mc.reference_errors,
     hpa_on_missing_deployment: mc.reference_errors,
     ingress_to_missing_port: mc.reference_errors,
-    probe_on_unserved_path: mc.votestream_container_errors,
-    probe_on_wrong_port: mc.votestream_container_errors,
-    http_address_moved_but_not_the_port: mc.votestream_container_errors,
-    variable_the_binary_does_not_read: mc.votestream_container_errors,
-    expansion_before_definition: mc.votestream_container_errors,
-    unknown_subcommand: mc.votestream_container_errors,
-    moving_upstream_tag: mc.pod_hygiene_errors,
-    unpinned_project_image: mc.pod_hygiene_errors,
-    writable_root_filesystem: mc.pod_hygiene_errors,
-    no_memory_limit: mc.pod_hygiene_errors,
-    short_grace_period: mc.pod_hygiene_errors,
+    probe_on_unserved_path: pod_checks.votestream_container_errors,
+    probe_on_wrong_port: pod_checks.votestream_container_errors,
+    http_address_moved_but_not_the_port: pod_checks.votestream_container_errors,
+    variable_the_binary_does_not_read: pod_checks.votestream_container_errors,
+    expansion_before_definition: pod_checks.votestream_container_errors,
+    unknown_subcommand: pod_checks.votestream_container_errors,
+    moving_upstream_tag: pod_checks.pod_hygiene_errors,
+    unpinned_project_image: pod_checks.pod_hygiene_errors,
+    writable_root_filesystem: pod_checks.pod_hygiene_errors,
+    no_memory_limit: pod_checks.pod_hygiene_errors,
+    short_grace_period: pod_checks.pod_hygiene_errors,
     fewer_partitions_than_consumers: mc.application_errors,
     wrong_bootstrap_service: mc.application_errors,
     topic_setting_without_topic: mc.application_errors,
@@ -218,14 +223,14 @@ def test_a_provider_reading_another_folder_is_reported(tmp_path):
     (provisioning / "dashboards" / "dashboards.yaml").write_text(
         "apiVersion: 1\nproviders:\n  - name: x\n    type: file\n    options:\n      path: /var/lib/grafana/dashboards\n"
     )
-    assert mc.grafana_errors(rendered("base"), provisioning) != []
+    assert grafana_checks.grafana_errors(rendered("base"), provisioning) != []
 
 
 def test_an_unlisted_provisioning_file_is_reported(tmp_path):
     provisioning = tmp_path / "grafana-provisioning"
     shutil.copytree(ROOT / "grafana-provisioning", provisioning)
     (provisioning / "dashboards" / "another.json").write_text("{}")
-    assert mc.grafana_errors(rendered("base"), provisioning) != []
+    assert grafana_checks.grafana_errors(rendered("base"), provisioning) != []
 
 
 def test_a_data_source_pointing_elsewhere_is_reported(tmp_path):
@@ -234,4 +239,4 @@ def test_a_data_source_pointing_elsewhere_is_reported(tmp_path):
     (provisioning / "datasources" / "redis.yaml").write_text(
         "apiVersion: 1\ndatasources:\n  - name: Redis\n    type: redis-datasource\n    url: redis://127.0.0.1:6379\n"
     )
-    assert mc.grafana_errors(rendered("base"), provisioning) != []
+    assert grafana_checks.grafana_errors(rendered("base"), provisioning) != []

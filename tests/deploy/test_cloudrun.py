@@ -55,13 +55,17 @@ MISTAKES = {
     "another port": lambda d: logs_container(d)["ports"][0].update(containerPort=8081),
     "PORT set by hand": lambda d: logs_container(d)["env"].append({"name": "PORT", "value": "80"}),
     "database URL in clear": lambda d: clear_database_url(d),
-    "secret version not a number": lambda d: env(d, "REDIS_URL")["valueFrom"]["secretKeyRef"].update(key="v1"),
+    "secret version not a number": lambda d: env(d, "REDIS_URL")["valueFrom"]["secretKeyRef"].update(
+        key="v1"
+    ),
     "secret without a name": lambda d: env(d, "REDIS_URL")["valueFrom"]["secretKeyRef"].pop("name"),
     "unknown variable": lambda d: logs_container(d)["env"].append({"name": "MONGO_URL", "value": "x"}),
     "another image": lambda d: logs_container(d).update(image="nginx:1.27.0"),
     "moving tag": lambda d: logs_container(d).update(image="ghcr.io/votestream/votestream:latest"),
     "not the logs app": lambda d: logs_container(d).update(args=["consumer"]),
-    "probe on an unserved path": lambda d: logs_container(d)["livenessProbe"]["httpGet"].update(path="/health"),
+    "probe on an unserved path": lambda d: logs_container(d)["livenessProbe"]["httpGet"].update(
+        path="/health"
+    ),
     "name too long for Cloud Run": lambda d: d["metadata"].update(name="x" * 50),
 }
 

@@ -60,7 +60,8 @@ def test_the_builder_compiles_the_locked_release_binary_with_a_rust_that_knows_t
     run = " ".join(" ".join(c.value) for c in build if c.cmd == "RUN")
     for flag in ("cargo build", "--release", "--locked", "--bin votestream"):
         assert flag in run
-    env = dict(zip(*[iter(one(build, "ENV").value)] * 2))
+    values = one(build, "ENV").value
+    env = dict(zip(values[::2], values[1::2], strict=True))
     assert env["LIBZ_SYS_STATIC"] == "1", "zlib linked statically: the runtime image has no libz"
     assert env["CARGO_PROFILE_RELEASE_STRIP"] in ("symbols", "true")
 
@@ -89,11 +90,17 @@ def test_the_build_context_keeps_the_sources_and_drops_the_rest():
 
     def ignored(path):
         return any(
-            not p.startswith("!") and (fnmatch.fnmatch(path, p.lstrip("/")) or path.startswith(p.strip("/") + "/"))
+            not p.startswith("!")
+            and (fnmatch.fnmatch(path, p.lstrip("/")) or path.startswith(p.strip("/") + "/"))
             for p in patterns
         )
 
     for path in NEEDED:
         assert not ignored(path), f"{path} is left out of the build context"
-    for path in ("target/release/votestream", ".git/HEAD", ".venv/bin/python", "deploy/k8s/base/kustomization.yaml"):
+    for path in (
+        "target/release/votestream",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "deploy/k8s/base/kustomization.yaml",
+    ):
         assert ignored(path), f"{path} is sent to the Docker daemon"

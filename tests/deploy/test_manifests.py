@@ -10,10 +10,13 @@ from urllib.parse import quote
 
 import pytest
 
+import grafana_checks
 import manifest_checks as mc
+import pod_checks
 from conftest import K8S, K8S_VERSIONS
 from contract import PROBE_PATHS, ROOT, grpc_services
 from kustomize_lite import containers, parse_env_file, pod_specs
+from strimzi_checks import strimzi_errors
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -22,7 +25,7 @@ def test_every_builtin_resource_matches_the_kubernetes_schema_strictly(docs, ver
 
 
 def test_strimzi_resources_have_the_fields_strimzi_documents(docs):
-    assert mc.strimzi_errors(docs) == []
+    assert strimzi_errors(docs) == []
 
 
 def test_every_reference_resolves(docs):
@@ -30,11 +33,11 @@ def test_every_reference_resolves(docs):
 
 
 def test_every_pod_is_probed_limited_non_root_read_only_and_pinned(docs):
-    assert mc.pod_hygiene_errors(docs) == []
+    assert pod_checks.pod_hygiene_errors(docs) == []
 
 
 def test_votestream_containers_match_what_the_binary_serves_and_reads(docs):
-    assert mc.votestream_container_errors(docs) == []
+    assert pod_checks.votestream_container_errors(docs) == []
 
 
 def test_settings_agree_with_kafka_topics_and_consumer_scaling(docs):
@@ -42,7 +45,7 @@ def test_settings_agree_with_kafka_topics_and_consumer_scaling(docs):
 
 
 def test_grafana_provisioning_is_mounted_where_grafana_reads_it(docs):
-    assert mc.grafana_errors(docs, ROOT / "grafana-provisioning") == []
+    assert grafana_checks.grafana_errors(docs, ROOT / "grafana-provisioning") == []
 
 
 def test_the_base_holds_every_component_of_the_deployment(base):
