@@ -1,0 +1,142 @@
+"""The Kubernetes manifests (deploy/k8s, base and overlays), rendered as
+`kubectl apply -k` would, checked offline: Kubernetes' own schemas with
+unknown fields rejected, Strimzi's documented fields, cross-references, pod
+hardening, and agreement with what the votestream binary serves and reads."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import pytest
+
+import grafana_checks
+import manifest_checks as mc
+import pod_checks
+from conftest import K8S, K8S_VERSIONS
+from contract import PROBE_PATHS, ROOT, grpc_services
+from kustomize_lite import containers, parse_env_file, pod_specs
+from strimzi_checks import strimzi_errors
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_builtin_resource_matches_the_kubernetes_schema_strictly(docs, version):
+    assert mc.k8s_schema_errors(docs, version) == []
+
+
+def test_strimzi_resources_have_the_fields_strimzi_documents(docs):
+    assert strimzi_errors(docs) == []
+
+
+def test_every_reference_resolves(docs):
+    assert mc.reference_errors(docs) == []
+
+
+def test_every_pod_is_probed_limited_non_root_read_only_and_pinned(docs):
+    assert pod_checks.pod_hygiene_errors(docs) == []
+
+
+def test_votestream_containers_match_what_the_binary_serves_and_reads(docs):
+    assert pod_checks.votestream_container_errors(docs) == []
+
+
+def test_settings_agree_with_kafka_topics_and_consumer_scaling(docs):
+    assert mc.application_errors(docs) == []
+
+
+def test_grafana_provisioning_is_mounted_where_grafana_reads_it(docs):
+    assert grafana_checks.grafana_errors(docs, ROOT / "grafana-provisioning") == []
+
+
+def test_the_base_holds_every_component_of_the_deployment(base):
+    def one(kind, name):
+        found = mc.find(base, kind, name)
+        assert len(found) == 1, f"{kind}/{name}"
+        return found[0]
+
+    one("Namespace", "votestream")
+    kafka = one("Kafka", "votestream")
+    assert kafka["apiVersion"] == "kafka.strimzi.io/v1"
+    pool = one("KafkaNodePool", "dual-role")
+    assert set(pool["spec"]["roles"]) == {"controller", "broker"}  # KRaft, no ZooKeeper
+    assert {mc.topic_name(t) for t in mc.find(base, "KafkaTopic")} == {"votes", "votes.dlq"}
+
+    one("StatefulSet", "redis")
+    one("Service", "redis")
+    mongo = one("StatefulSet", "mongodb")
+    assert mongo["spec"]["volumeClaimTemplates"], "MongoDB keeps its data on a volume"
+    mongo_env = {e["name"]: e for e in pod_specs(mongo)[0]["containers"][0]["env"]}
+    for var in ("MONGO_INITDB_ROOT_USERNAME", "MONGO_INITDB_ROOT_PASSWORD"):
+        assert "secretKeyRef" in mongo_env[var]["valueFrom"]
+    one("Service", "mongodb")
+
+    grafana = one("Deployment", "grafana")
+    plugin_install = " ".join(" ".join(c.get("command", [])) for c in containers(pod_specs(grafana)[0]))
+    assert "redis-datasource" in plugin_install
+
+    consumer = one("Deployment", "consumer")
+    assert consumer["spec"]["replicas"] == 2
+    hpa = one("HorizontalPodAutoscaler", "consumer")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+
+    types = {s["metadata"]["name"]: s["spec"].get("type", "ClusterIP") for s in mc.find(base, "Service")}
+    assert types["logs"] == "LoadBalancer"
+    assert types["ingress-grpc"] == types["ingress-http"] == "ClusterIP"
+    assert "NodePort" in types.values()
+    assert any(len(spec["containers"]) >= 2 for w in mc.workloads(base) for spec in pod_specs(w)), (
+        "one Pod runs two containers"
+    )
+    assert mc.generated_name(base, "ConfigMap", "votestream-config")
+    assert mc.generated_name(base, "Secret", "votestream-secrets")
+
+
+def test_each_ingress_deployment_serves_one_protocol(base):
+    env = {}
+    for name in ("ingress-grpc", "ingress-http"):
+        (c,) = pod_specs(mc.find(base, "Deployment", name)[0])[0]["containers"]
+        assert c["args"] == ["ingress"]
+        env[name] = mc.container_env(base, c)
+    assert env["ingress-grpc"].get("NO_HTTP_VOTES") == "true" and "NO_GRPC" not in env["ingress-grpc"]
+    assert env["ingress-http"].get("NO_GRPC") == "true" and "NO_HTTP_VOTES" not in env["ingress-http"]
+
+
+def test_the_ingress_routes_post_votes_and_every_grpc_service(base):
+    routes = {
+        path["path"]: path["backend"]["service"]["name"]
+        for ing in mc.find(base, "Ingress")
+        for rule in ing["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert routes["/votes"] == "ingress-http"
+    for service in grpc_services() + ["grpc.health.v1.Health"]:
+        assert routes.get(f"/{service}") == "ingress-grpc", service
+    grpc = [i for i in mc.find(base, "Ingress") if "/votes.v1.VoteService" in str(i)][0]
+    assert grpc["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+
+
+def test_committed_secrets_are_placeholders():
+    values = parse_env_file((K8S / "base" / "secrets.env").read_text())
+    for key, value in values.items():
+        if "PASSWORD" in key:
+            assert value.startswith("change-me"), f"{key} looks like a real secret"
+            # It is put into a connection string as it is.
+            assert quote(value, safe="-_.~") == value, f"{key} must be URL-safe"
+        if key.endswith("_URL"):
+            assert not re.search(r"//[^/@]*:[^/@]*@", value), f"{key} carries a password"
+
+
+def test_graceful_termination_covers_the_sigterm_drain(base):
+    for w in mc.workloads(base):
+        for spec in pod_specs(w):
+            if any(mc.is_project(c) for c in spec["containers"]):
+                assert 30 <= spec["terminationGracePeriodSeconds"] <= 60, mc.ident(w)
+
+
+def test_probe_paths_are_routes_in_the_source():
+    """Once the servers exist in src/, the probed paths must be among their routes."""
+    modules = [ROOT / "src" / name for name in ("ingress", "consumer", "logs")]
+    if not any(m.is_dir() or m.with_suffix(".rs").is_file() for m in modules):
+        pytest.skip("no HTTP server in src/ yet (src/ingress, src/consumer, src/logs)")
+    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.rs"))
+    for path in sorted(PROBE_PATHS):
+        assert f'"{path}"' in source, f"no route {path} in src/"
