@@ -7,6 +7,7 @@
 //! until its shutdown future resolves, lets in-flight requests finish and
 //! flushes the producer.
 
+pub mod codec;
 pub mod grpc;
 pub mod http;
 pub mod intake;

@@ -1,0 +1,8 @@
+//! Integration tests of the ingress against the local stack's Kafka. Each test
+//! runs its own ingress on free ports and produces to its own topic.
+
+mod bad_input;
+mod delivery;
+mod failures;
+mod operations;
+mod support;
