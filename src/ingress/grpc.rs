@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::intake::{CastError, Intake, Outcome};
@@ -141,13 +141,16 @@ pub async fn serve(
         // Tell health-checking clients first, while the drain completes.
         health.set_not_serving::<VoteServiceServer<VoteApi>>().await;
     };
+    // Without TCP_NODELAY a reply larger than one segment waits for the client's delayed ACK
+    // (Nagle): batch replies took ~40 ms more. tonic sets it only on listeners it binds itself.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health_service)
         // v1 for current clients, v1alpha for older grpcurl and Postman versions.
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(votes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
