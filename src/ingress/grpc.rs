@@ -146,7 +146,7 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health_service)
-        // v1 for current clients, v1alpha for older grpcurl and Postman versions.
+        // v1 for current clients, v1alpha for older ones that only speak it.
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(votes)

@@ -17,6 +17,7 @@ pub mod producer;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -83,58 +84,35 @@ impl Ingress {
     /// accepted was acknowledged by Kafka before the reply, so the flush only
     /// concerns votes whose clients went away.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let http_votes = if self.args.no_http_votes {
+            " (no POST /votes)"
+        } else {
+            ""
+        };
         tracing::info!(
-            "ingress listening: HTTP on {}{}, gRPC {}; topic {:?}",
+            "ingress listening: HTTP on {}{http_votes}, gRPC {}; topic {:?}",
             self.http_addr(),
-            if self.args.no_http_votes {
-                " (no POST /votes)"
-            } else {
-                ""
-            },
             self.grpc_addr().map_or("off".to_owned(), |a| format!("on {a}")),
             self.intake.producer().topic(),
         );
         let (stop, stopping) = watch::channel(false);
-        let stop = Arc::new(stop);
-        let grace = self.args.shutdown_timeout();
-
         let http = http::server(self.http, self.intake.clone(), &self.args, stopped(stopping.clone()))
             .context("starting the HTTP server")?;
-        let http = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let result = http.await.context("HTTP server");
-                // A server that ends on its own takes the other one down with it.
-                stop.send_replace(true);
-                result
-            }
-        });
+        let http = tokio::spawn(stop_all_when_done(stop.clone(), async move {
+            http.await.context("HTTP server")
+        }));
         let grpc = match self.grpc {
             None => None,
             Some((listener, _)) => {
                 listener.set_nonblocking(true)?;
-                let listener = tokio::net::TcpListener::from_std(listener)?;
                 let serve = grpc::serve(
-                    listener,
+                    tokio::net::TcpListener::from_std(listener)?,
                     self.intake.clone(),
                     self.args.grpc_max_message_bytes,
                     stopped(stopping.clone()),
                 );
-                let stop = stop.clone();
-                let mut stopping = stopping.clone();
-                Some(tokio::spawn(async move {
-                    let result = tokio::select! {
-                        result = serve => result.context("gRPC server"),
-                        // tonic waits for every connection to close; a client that keeps one open
-                        // must not hold the process past the grace period.
-                        _ = async { let _ = stopping.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
-                            tracing::warn!("gRPC connections still open after the shutdown timeout; closing them");
-                            Ok(())
-                        }
-                    };
-                    stop.send_replace(true);
-                    result
-                }))
+                let drain = bounded_drain(serve, stopping.clone(), self.args.shutdown_timeout());
+                Some(tokio::spawn(stop_all_when_done(stop.clone(), drain)))
             }
         };
 
@@ -167,7 +145,33 @@ impl Ingress {
     }
 }
 
-/// Resolves once `stopping` turns true, or when its sender is gone.
+/// Runs a server; when it ends, for whatever reason, tells the other one to stop too.
+async fn stop_all_when_done(
+    stop: watch::Sender<bool>,
+    server: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let result = server.await;
+    stop.send_replace(true);
+    result
+}
+
+/// tonic's graceful shutdown waits for every connection to close; a client
+/// that keeps one open must not hold the process past the grace period.
+async fn bounded_drain(
+    serve: impl Future<Output = anyhow::Result<()>>,
+    stopping: watch::Receiver<bool>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        result = serve => result.context("gRPC server"),
+        _ = async { stopped(stopping).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("gRPC connections still open after the shutdown timeout; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves once `stopping` turns true, or when every sender is gone.
 async fn stopped(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
