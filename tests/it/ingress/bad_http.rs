@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::support::{TestIngress, assert_exactly, records, seed_vote, typed_vote};
 use crate::common::{TempTopic, kafka_brokers};
 
-/// A valid vote with one field replaced (or removed, for `Value::Null` under key "-name").
+/// A valid vote with `field` set to `value`; `"-field"` removes the field instead.
 fn with(field: &str, value: Value) -> Value {
     let mut vote = typed_vote(0);
     let object = vote.as_object_mut().expect("an object");
