@@ -22,6 +22,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at startup, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Accept votes over gRPC (votes.v1.VoteService) and HTTP (POST /votes) and produce them to Kafka.
@@ -115,20 +117,24 @@ impl Compression {
 
 #[derive(Debug, Clone, Args)]
 pub struct ProducerArgs {
-    /// How long the producer waits to fill a batch before sending it (librdkafka linger.ms).
+    /// How long the producer waits to fill a batch before sending it, in milliseconds (librdkafka
+    /// linger.ms). Every vote waits up to this long before its reply, in exchange for fewer, larger
+    /// requests under load.
     #[arg(long, env = "PRODUCER_LINGER_MS", default_value_t = 5)]
     pub producer_linger_ms: u64,
     /// Largest batch of records per partition request, in bytes (librdkafka batch.size).
     #[arg(long, env = "PRODUCER_BATCH_BYTES", default_value_t = 1_000_000)]
     pub producer_batch_bytes: u64,
-    /// Compression of produced batches.
+    /// Compression of produced batches (lz4: cheap on CPU, and vote JSON compresses well).
     #[arg(long, env = "PRODUCER_COMPRESSION", value_enum, default_value_t = Compression::Lz4)]
     pub producer_compression: Compression,
-    /// Most records waiting in the producer's queue; past it a produce waits for room.
+    /// Most records waiting in the producer's queue (librdkafka queue.buffering.max.messages);
+    /// past it a produce waits for room, within the produce timeout. Bounds memory when Kafka is slow.
     #[arg(long, env = "PRODUCER_QUEUE_MESSAGES", default_value_t = 100_000)]
     pub producer_queue_messages: u64,
-    /// Bound on the wait for Kafka's acknowledgement of a vote, in milliseconds; past it the
-    /// client gets UNAVAILABLE / 503 and the vote is not reported accepted.
+    /// Bound on the wait for Kafka's acknowledgement of a vote, in milliseconds (also librdkafka
+    /// message.timeout.ms); past it the client gets UNAVAILABLE / 503 and the vote is not reported
+    /// accepted.
     #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
     pub produce_timeout_ms: u64,
 }
@@ -141,10 +147,10 @@ impl ProducerArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct IngressArgs {
-    /// Address of the gRPC server (votes.v1.VoteService, health, reflection).
+    /// Address of the gRPC server (votes.v1.VoteService, health, reflection); port 0 picks a free port.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
-    /// Address of the HTTP server (POST /votes, /healthz, /readyz, /metrics).
+    /// Address of the HTTP server (POST /votes, /healthz, /readyz, /metrics); port 0 picks a free port.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
     /// Do not serve gRPC (e.g. a Deployment that serves HTTP only).
@@ -153,17 +159,38 @@ pub struct IngressArgs {
     /// Do not serve POST /votes (the HTTP server still answers /healthz, /readyz, /metrics).
     #[arg(long, env = "NO_HTTP_VOTES", default_value_t = false)]
     pub no_http_votes: bool,
+    /// HTTP worker threads [default: one per CPU].
+    #[arg(long, env = "HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
     /// Largest HTTP request body, in bytes; larger bodies get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
-    /// Most votes in one batch (HTTP array or gRPC CastVotes).
+    /// Most votes in one batch (HTTP array or gRPC CastVotes); longer batches are refused whole.
     #[arg(long, env = "MAX_BATCH", default_value_t = 1_000)]
     pub max_batch: usize,
-    /// Largest gRPC message, in bytes.
+    /// Largest gRPC message, in bytes, received or sent; larger requests get OUT_OF_RANGE.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 4_194_304)]
     pub grpc_max_message_bytes: usize,
+    /// Bound on the Kafka metadata request behind /readyz, in milliseconds (under Kubernetes'
+    /// default probe timeout of 1 s, so a slow broker reads as "not ready", not as a failed probe).
+    #[arg(long, env = "READINESS_TIMEOUT_MS", default_value_t = 800)]
+    pub readiness_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests have to finish before connections are dropped, in
+    /// seconds (under Kubernetes' default grace period of 30 s, leaving time to flush the producer).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
     #[command(flatten)]
     pub producer: ProducerArgs,
+}
+
+impl IngressArgs {
+    pub fn readiness_timeout(&self) -> Duration {
+        Duration::from_millis(self.readiness_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -313,5 +340,33 @@ mod tests {
         assert_eq!(all.consumer.consumer_http_addr.port(), 9100);
         assert_eq!(all.logs.logs_addr.port(), 8081);
         assert_eq!(all.rules.rules(), Rules::default());
+    }
+
+    #[test]
+    fn every_ingress_flag_is_documented_with_its_environment_variable() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let ingress = cli.find_subcommand_mut("ingress").expect("an ingress subcommand");
+        let mut flags = 0;
+        for arg in ingress
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help"))
+        {
+            let name = arg.get_id();
+            assert!(arg.get_env().is_some(), "--{name} has no environment variable");
+            assert!(arg.get_help().is_some(), "--{name} has no help text");
+            flags += 1;
+        }
+        assert!(flags >= 19, "expected every ingress flag, found {flags}");
+        let help = ingress.render_long_help().to_string();
+        for needle in [
+            "--kafka-brokers",
+            "KAFKA_BROKERS",
+            "--no-grpc",
+            "NO_GRPC",
+            "PRODUCE_TIMEOUT_MS",
+        ] {
+            assert!(help.contains(needle), "help lacks {needle}");
+        }
     }
 }

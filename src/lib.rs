@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod ingress;
 pub mod redis_keys;
 pub mod shutdown;
 pub mod telemetry;

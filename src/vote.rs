@@ -102,6 +102,28 @@ impl Vote {
         })
     }
 
+    /// Validates fields that may be absent, as the gRPC route receives them
+    /// (proto3 `optional`): an absent field is reported missing rather than
+    /// read as its zero value, which would silently make a rank of 0.
+    pub fn from_fields(
+        name: Option<&str>,
+        album: Option<&str>,
+        year: Option<i64>,
+        rank: Option<f64>,
+        rules: &Rules,
+    ) -> Result<Vote, FieldError> {
+        fn present<T>(field: &'static str, value: Option<T>) -> Result<T, FieldError> {
+            value.ok_or_else(|| FieldError::new(field, Problem::Missing, "is required"))
+        }
+        // Field by field, in the same order as `from_json`, so both routes name the same first error.
+        Ok(Vote {
+            name: text("name", present("name", name)?)?,
+            album: text("album", present("album", album)?)?,
+            year: year_in_range(present("year", year)?)?,
+            rank: rank_in_range(present("rank", rank)?, rules)?,
+        })
+    }
+
     /// Validates one JSON object, as the HTTP route receives it. Numbers may
     /// come as JSON numbers or as strings holding them (the seed's data files
     /// send every field as a string). Unknown fields are ignored.
@@ -523,6 +545,25 @@ mod tests {
             Problem::OutOfRange
         );
         assert_eq!(Vote::new(" ", "b", 2000, 1.0, &r).unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn absent_typed_fields_are_missing_not_zero() {
+        let r = rules();
+        assert!(Vote::from_fields(Some("a"), Some("b"), Some(2000), Some(0.0), &r).is_ok());
+        let missing = |e: FieldError| (e.field, e.problem);
+        assert_eq!(
+            missing(Vote::from_fields(Some("a"), Some("b"), Some(2000), None, &r).unwrap_err()),
+            ("rank", Problem::Missing)
+        );
+        assert_eq!(
+            missing(Vote::from_fields(None, None, None, None, &r).unwrap_err()),
+            ("name", Problem::Missing)
+        );
+        assert_eq!(
+            missing(Vote::from_fields(Some(""), None, Some(2000), Some(1.0), &r).unwrap_err()),
+            ("name", Problem::Empty)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod common;
 mod consumer;
+mod ingress;
 mod pipeline;
 mod services;
 mod smoke;

@@ -1,0 +1,325 @@
+//! The HTTP route (actix-web): `POST /votes` takes one JSON vote object or an
+//! array of them, and the operational endpoints `/healthz` (process up),
+//! `/readyz` (Kafka answers) and `/metrics` (Prometheus). Body checks happen
+//! in the order a client would fix them: content type, size, JSON syntax,
+//! shape; then each vote is validated by [`crate::vote`] and cast through
+//! the shared [`Intake`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::error::PayloadError;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::intake::{CastError, Intake, Outcome};
+use super::metrics;
+use crate::config::IngressArgs;
+use crate::vote::{Route, Vote, format_instant};
+
+/// Why `POST /votes` was not (wholly) accepted, with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("Content-Type must be application/json, got {0}")]
+    UnsupportedContentType(String),
+    #[error("the body is over the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the body could not be read: {0}")]
+    UnreadableBody(#[from] PayloadError),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(serde_json::Error),
+    #[error("the body must be a vote object or an array of vote objects, got {0}")]
+    NotObjectOrArray(&'static str),
+    #[error(transparent)]
+    Cast(#[from] CastError),
+}
+
+impl HttpError {
+    /// A stable code for the error body and for metrics.
+    fn code(&self) -> &'static str {
+        match self {
+            HttpError::UnsupportedContentType(_) => "unsupported_content_type",
+            HttpError::BodyTooLarge { .. } => "body_too_large",
+            HttpError::UnreadableBody(_) => "unreadable_body",
+            HttpError::MalformedJson(_) => "malformed_json",
+            HttpError::NotObjectOrArray(_) => "not_object_or_array",
+            HttpError::Cast(CastError::Invalid(_)) => "invalid_vote",
+            HttpError::Cast(CastError::BatchTooLong { .. }) => "batch_too_long",
+            HttpError::Cast(CastError::EmptyBatch) => "empty_batch",
+            HttpError::Cast(CastError::Unavailable(e)) => e.code(),
+        }
+    }
+
+    /// The metrics label when the request is refused before any vote was counted.
+    fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            HttpError::Cast(e) => e.refusal_reason(),
+            other => Some(other.code()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<&'static str>,
+}
+
+impl ResponseError for HttpError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            HttpError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::Cast(CastError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (field, problem, reason) = match self {
+            HttpError::Cast(CastError::Invalid(e)) => (Some(e.field), Some(e.problem.code()), e.reason.clone()),
+            other => (None, None, other.to_string()),
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if let HttpError::Cast(CastError::Unavailable(_)) = self {
+            // Kafka outages are usually short; well-behaved clients back off at least this long.
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            reason,
+            field,
+            problem,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct AcceptedReply {
+    id: Uuid,
+    received_at: String,
+}
+
+#[derive(Serialize)]
+struct BatchReply {
+    accepted: usize,
+    rejected: Vec<ItemRejection>,
+    /// Valid items Kafka did not acknowledge while it acknowledged others: send them again.
+    unavailable: Vec<ItemUnavailable>,
+    /// One entry per item, in order: the vote id, or null when not accepted.
+    ids: Vec<Option<Uuid>>,
+}
+
+#[derive(Serialize)]
+struct ItemRejection {
+    index: usize,
+    field: &'static str,
+    problem: &'static str,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct ItemUnavailable {
+    index: usize,
+    error: &'static str,
+    reason: String,
+}
+
+impl BatchReply {
+    fn new(outcomes: Vec<Outcome>) -> BatchReply {
+        let mut reply = BatchReply {
+            accepted: 0,
+            rejected: Vec::new(),
+            unavailable: Vec::new(),
+            ids: Vec::with_capacity(outcomes.len()),
+        };
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            let id = match outcome {
+                Outcome::Accepted(record) => {
+                    reply.accepted += 1;
+                    Some(record.id)
+                }
+                Outcome::Rejected(e) => {
+                    reply.rejected.push(ItemRejection {
+                        index,
+                        field: e.field,
+                        problem: e.problem.code(),
+                        reason: e.reason,
+                    });
+                    None
+                }
+                Outcome::Unavailable(e) => {
+                    reply.unavailable.push(ItemUnavailable {
+                        index,
+                        error: e.code(),
+                        reason: e.to_string(),
+                    });
+                    None
+                }
+            };
+            reply.ids.push(id);
+        }
+        reply
+    }
+}
+
+struct HttpState {
+    intake: Arc<Intake>,
+    max_body_bytes: usize,
+    readiness_timeout: Duration,
+}
+
+/// Builds the HTTP server on an already-bound listener. It stops accepting
+/// when `shutdown` resolves and gives in-flight requests the configured
+/// shutdown timeout to finish.
+pub fn server(
+    listener: std::net::TcpListener,
+    intake: Arc<Intake>,
+    args: &IngressArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(HttpState {
+        intake,
+        max_body_bytes: args.max_body_bytes,
+        readiness_timeout: args.readiness_timeout(),
+    });
+    let votes_enabled = !args.no_http_votes;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .configure(|cfg| {
+                if votes_enabled {
+                    // A resource, so other methods on /votes get 405 rather than 404.
+                    cfg.service(web::resource("/votes").route(web::post().to(post_votes)));
+                }
+            })
+    })
+    .shutdown_signal(shutdown)
+    .shutdown_timeout(args.shutdown_timeout_secs);
+    if let Some(workers) = args.http_workers {
+        server = server.workers(workers);
+    }
+    Ok(server.listen(listener)?.run())
+}
+
+async fn post_votes(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, HttpError> {
+    cast(&request, payload, &state).await.inspect_err(|e| {
+        if let Some(reason) = e.refusal_reason() {
+            state.intake.metrics().request_refused(Route::Http, reason);
+        }
+    })
+}
+
+async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -> Result<HttpResponse, HttpError> {
+    check_content_type(request)?;
+    let body = read_body(request, payload, state.max_body_bytes).await?;
+    let value: Value = serde_json::from_slice(&body).map_err(HttpError::MalformedJson)?;
+    let rules = state.intake.rules();
+    match &value {
+        Value::Object(_) => {
+            let record = state
+                .intake
+                .cast_one(Route::Http, Vote::from_json(&value, rules))
+                .await?;
+            Ok(HttpResponse::Ok().json(AcceptedReply {
+                id: record.id,
+                received_at: format_instant(&record.received_at),
+            }))
+        }
+        Value::Array(items) => {
+            let votes = items.iter().map(|item| Vote::from_json(item, rules));
+            let outcomes = state.intake.cast_batch(Route::Http, votes).await?;
+            Ok(HttpResponse::Ok().json(BatchReply::new(outcomes)))
+        }
+        Value::Null => Err(HttpError::NotObjectOrArray("null")),
+        Value::Bool(_) => Err(HttpError::NotObjectOrArray("a boolean")),
+        Value::Number(_) => Err(HttpError::NotObjectOrArray("a number")),
+        Value::String(_) => Err(HttpError::NotObjectOrArray("a string")),
+    }
+}
+
+/// Accepts `application/json` with any parameters (JSON is UTF-8 by definition).
+fn check_content_type(request: &HttpRequest) -> Result<(), HttpError> {
+    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+        return Err(HttpError::UnsupportedContentType("no Content-Type".into()));
+    };
+    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    // Echo a bounded amount of what the client sent.
+    Err(HttpError::UnsupportedContentType(format!(
+        "{:?}",
+        essence.chars().take(100).collect::<String>()
+    )))
+}
+
+/// Reads the body, refusing it as soon as it is known to pass `limit`: from
+/// Content-Length before reading anything, or while reading a chunked body.
+async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, HttpError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(HttpError::BodyTooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Liveness: the process serves. Fails only when the producer hit an error it
+/// cannot recover from, which a restart fixes.
+async fn healthz(state: web::Data<HttpState>) -> HttpResponse {
+    match state.intake.producer().fatal_error() {
+        None => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
+        Some(reason) => {
+            HttpResponse::InternalServerError().json(serde_json::json!({"status": "failed", "reason": reason}))
+        }
+    }
+}
+
+/// Readiness: Kafka answers a metadata request for the votes topic in time.
+async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    let producer = state.intake.producer().clone();
+    let timeout = state.readiness_timeout;
+    // librdkafka's metadata call blocks its thread.
+    let reason = match web::block(move || producer.check_ready(timeout)).await {
+        Ok(Ok(())) => return HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Ok(Err(reason)) => reason,
+        Err(e) => format!("readiness check did not run: {e}"),
+    };
+    HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not_ready", "reason": reason}))
+}
+
+async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(state.intake.metrics().encode())
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the ingress against the local stack's Kafka. Each test
+//! runs its own ingress on free ports and produces to its own topic.
+
+mod bad_grpc;
+mod bad_http;
+mod delivery;
+mod failures;
+mod operations;
+mod shutdown;
+mod support;
