@@ -5,6 +5,7 @@
 //! drive the same code as the binary.
 
 pub mod config;
+pub mod logs;
 pub mod shutdown;
 pub mod telemetry;
 pub mod vote;
