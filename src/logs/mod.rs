@@ -25,11 +25,8 @@ use actix_web::http::header::CACHE_CONTROL;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 
-pub use error::LogsError;
-pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
-pub use store::COLLECTION;
-
 use crate::config::LogsSettings;
+use error::LogsError;
 use metrics::{Metrics, RequestLabels};
 use standings::StandingsReader;
 use store::LogStore;
@@ -111,10 +108,6 @@ impl LogsApp {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(
-                    web::QueryConfig::default()
-                        .error_handler(|e, _| LogsError::bad_request(format!("malformed query string: {e}")).into()),
-                )
                 .wrap_fn(|req, service| {
                     let path = req.match_pattern().unwrap_or_else(|| "unmatched".into());
                     let metrics = req.app_data::<web::Data<State>>().map(|s| s.metrics.clone());
@@ -159,7 +152,9 @@ impl LogsApp {
             () = shutdown => {
                 tracing::info!("logs app shutting down");
                 self.state.hub.close();
-                handle.stop(true).await;
+                // The stop command is sent now; the server future carries it
+                // out, so it is that future we await, not the handle's.
+                drop(handle.stop(true));
                 server.await
             }
         };

@@ -2,7 +2,7 @@
 // /logs/stream, standings from /results, a band filter.
 //
 // Every value from the server reaches the page through textContent or a DOM
-// property, never innerHTML: band and album names are user input.
+// property, never as markup: band and album names are user input.
 'use strict';
 
 (() => {
@@ -25,6 +25,10 @@
   let shown = new Set();
   // Stream events that arrive while the snapshot loads; null once it is shown.
   let pending = null;
+  // received_at of the oldest snapshot line: a stream event older than that
+  // (e.g. a burst from a tail that was idle) would land out of order; /logs
+  // has it.
+  let floor = '';
 
   function setStatus(text, kind) {
     status.textContent = text;
@@ -58,7 +62,7 @@
 
   // `YYYY-MM-DD HH:MM:SS  {record}`
   function show(item) {
-    if (shown.has(item.id)) return;
+    if (shown.has(item.id) || item.received_at < floor) return;
     shown.add(item.id);
     const record = {band: item.band, album: item.album, year: item.year, rank: item.rank, route: item.route};
     append(item.date + ' ' + item.time + '  ' + JSON.stringify(record), 'vote', item.id);
@@ -90,7 +94,10 @@
     if (my !== generation) return;
     log.replaceChildren();
     shown = new Set();
+    floor = '';
     page.items.slice().reverse().forEach(show);
+    // Fixed-width RFC 3339 UTC instants compare as strings.
+    if (page.items.length > 0) floor = page.items[page.items.length - 1].received_at;
     const buffered = pending;
     pending = null;
     buffered.forEach(show);
@@ -104,6 +111,7 @@
     log.replaceChildren();
     shown = new Set();
     pending = [];
+    floor = '';
     setStatus('connecting…', 'wait');
     source = new EventSource('/logs/stream' + query({}));
     source.addEventListener('open', () => my === generation && loadSnapshot(my));

@@ -4,4 +4,5 @@
 //! own topic, Redis key prefix and Mongo database, and cleans up after itself.
 
 mod common;
+mod logs;
 mod smoke;
