@@ -167,14 +167,14 @@ impl LogsApp {
 /// Creates the paging index once MongoDB answers; until then `/logs` still
 /// works (without the index, on a small collection).
 async fn ensure_index(store: LogStore) {
-    loop {
-        match store.ensure_index().await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, detail = e.detail().unwrap_or_default(), "cannot create the logs index yet; retrying");
-                tokio::time::sleep(INDEX_RETRY).await;
-            }
+    let mut warned = false;
+    while let Err(e) = store.ensure_index().await {
+        // Once per outage, not once per attempt.
+        if !warned {
+            tracing::warn!(error = %e, detail = e.detail().unwrap_or_default(), "cannot create the logs index yet; retrying");
+            warned = true;
         }
+        tokio::time::sleep(INDEX_RETRY).await;
     }
 }
 

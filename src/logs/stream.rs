@@ -12,7 +12,7 @@
 //!
 //! Events: `ready` once the tail is following MongoDB (logs written after it
 //! will be pushed), `log` (the same JSON item as `/logs`), `skipped`
-//! (`{"skipped": n}`), and a comment every 15 s so dead connections are
+//! (`{"skipped": n}`), and a comment every 5 s so dead connections are
 //! noticed and idle proxies keep the connection open.
 
 use std::collections::BTreeSet;
@@ -34,7 +34,9 @@ use super::store::{LogEntry, LogStore};
 /// Most logs one poll reads. Past it the tail shows the newest and skips the
 /// rest: it is a live view, and `/logs` has every log.
 const POLL_LIMIT: usize = 500;
-const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Also bounds how long a client that went away holds its slot: actix notices
+/// a closed connection when it next writes to it.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 /// First bytes of every stream: the browser's reconnect delay, and a comment
 /// so the response headers leave at once.
 const HELLO: &[u8] = b"retry: 3000\n: votestream logs\n\n";
