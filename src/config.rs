@@ -226,6 +226,20 @@ pub struct LogsArgs {
     /// Most concurrent /logs/stream clients.
     #[arg(long, env = "LOGS_MAX_STREAMS", default_value_t = 100)]
     pub logs_max_streams: usize,
+    /// How often the live tail asks MongoDB for new logs, in milliseconds.
+    #[arg(long, env = "LOGS_POLL_INTERVAL_MS", default_value_t = 500)]
+    pub logs_poll_interval_ms: u64,
+    /// How far back, in milliseconds of `received_at`, each poll looks again for logs written
+    /// late (consumers write partitions in parallel, so logs do not arrive in `received_at` order).
+    #[arg(long, env = "LOGS_STREAM_LOOKBACK_MS", default_value_t = 5_000)]
+    pub logs_stream_lookback_ms: u64,
+    /// Logs buffered for /logs/stream clients; a client further behind skips the oldest.
+    #[arg(long, env = "LOGS_STREAM_BUFFER", default_value_t = 1_024)]
+    pub logs_stream_buffer: usize,
+    /// Bound on each MongoDB or Redis call (server selection included), in milliseconds;
+    /// past it the request gets 503.
+    #[arg(long, env = "LOGS_BACKEND_TIMEOUT_MS", default_value_t = 2_000)]
+    pub logs_backend_timeout_ms: u64,
 }
 
 impl LogsArgs {
@@ -235,6 +249,18 @@ impl LogsArgs {
             Some(port) => SocketAddr::new(self.logs_addr.ip(), port),
             None => self.logs_addr,
         }
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.logs_poll_interval_ms)
+    }
+
+    pub fn stream_lookback(&self) -> Duration {
+        Duration::from_millis(self.logs_stream_lookback_ms)
+    }
+
+    pub fn backend_timeout(&self) -> Duration {
+        Duration::from_millis(self.logs_backend_timeout_ms)
     }
 }
 

@@ -1,24 +1,77 @@
 //! The `votestream` binary: parses the command line and runs one subcommand.
 
+use std::future::Future;
+
+use anyhow::Context as _;
 use clap::Parser;
-use votestream::config::{Cli, Command};
+use tokio::sync::watch;
+use votestream::config::{AllSettings, Cli, Command};
 use votestream::ingress::Ingress;
+use votestream::logs::LogsApp;
 use votestream::shutdown;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     votestream::telemetry::init();
     match cli.command {
-        Command::Ingress(settings) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(async {
-                let ingress = Ingress::build(&settings)?;
-                ingress.run(shutdown::signal()).await
-            })
-        }
+        Command::Ingress(settings) => runtime()?.block_on(async {
+            let ingress = Ingress::build(&settings)?;
+            ingress.run(shutdown::signal()).await
+        }),
+        // The consumer owns an actix System (its own single-threaded runtime).
         Command::Consumer(settings) => votestream::consumer::run(settings, shutdown::signal()),
-        Command::Logs(_) | Command::All(_) => {
-            anyhow::bail!("this subcommand is not built yet")
-        }
+        Command::Logs(settings) => runtime()?.block_on(async {
+            let app = LogsApp::build(&settings).await?;
+            tracing::info!(addr = %app.addr(), "logs app listening");
+            app.run(shutdown::signal()).await
+        }),
+        Command::All(settings) => all(settings),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Ingress, consumer and logs in one process; one SIGTERM stops all three,
+/// each draining as it would alone.
+fn all(settings: AllSettings) -> anyhow::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    let consumer_settings = settings.consumer();
+    let consumer_stop = until_stopped(stopped.clone());
+    let consumer = std::thread::Builder::new()
+        .name("consumer".into())
+        .spawn(move || votestream::consumer::run(consumer_settings, consumer_stop))?;
+    let served = runtime()?.block_on(async {
+        let ingress = Ingress::build(&settings.ingress())?;
+        let logs = LogsApp::build(&settings.logs()).await?;
+        tracing::info!(logs = %logs.addr(), "votestream all: ingress, consumer and logs running");
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown::signal().await;
+            let _ = on_signal.send(true);
+        });
+        // Whichever server ends first (signal or failure) stops the others.
+        let (ingress, logs) = tokio::join!(
+            stop_all_after(stop.clone(), ingress.run(until_stopped(stopped.clone()))),
+            stop_all_after(stop.clone(), logs.run(until_stopped(stopped.clone()))),
+        );
+        ingress.context("ingress").and(logs.context("logs"))
+    });
+    // However the servers ended, the consumer drains too.
+    let _ = stop.send(true);
+    let consumer = consumer.join().map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    served.and(consumer.context("consumer"))
+}
+
+async fn stop_all_after<T>(stop: watch::Sender<bool>, run: impl Future<Output = T>) -> T {
+    let result = run.await;
+    let _ = stop.send(true);
+    result
+}
+
+fn until_stopped(mut stopped: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = stopped.wait_for(|s| *s).await;
     }
 }

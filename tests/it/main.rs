@@ -8,4 +8,5 @@ mod consumer;
 mod ingress;
 mod pipeline;
 mod services;
+mod logs;
 mod smoke;

@@ -1,0 +1,94 @@
+//! The logs app's Prometheus metrics, served at `/metrics` in the
+//! OpenMetrics text format. Label values are bounded: routes are the matched
+//! patterns, never raw paths.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub path: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub streams_active: Gauge,
+    pub streams_rejected: Counter,
+    pub stream_skipped: Counter,
+    pub tail_polls: Family<OutcomeLabels, Counter>,
+    pub tail_published: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("logs");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let streams_active = Gauge::default();
+        let streams_rejected = Counter::default();
+        let stream_skipped = Counter::default();
+        let tail_polls = Family::<OutcomeLabels, Counter>::default();
+        let tail_published = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route pattern and status",
+            requests.clone(),
+        );
+        registry.register(
+            "streams_active",
+            "Open /logs/stream connections",
+            streams_active.clone(),
+        );
+        registry.register(
+            "streams_rejected",
+            "/logs/stream connections refused because the limit was reached",
+            streams_rejected.clone(),
+        );
+        registry.register(
+            "stream_skipped",
+            "Logs a slow /logs/stream client missed because it fell behind the buffer",
+            stream_skipped.clone(),
+        );
+        registry.register(
+            "tail_polls",
+            "Polls of MongoDB for new logs, by outcome",
+            tail_polls.clone(),
+        );
+        registry.register(
+            "tail_published",
+            "New logs pushed to /logs/stream clients",
+            tail_published.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            streams_active,
+            streams_rejected,
+            stream_skipped,
+            tail_polls,
+            tail_published,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

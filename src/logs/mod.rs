@@ -1,0 +1,233 @@
+//! The logs web app: the terminal-like page (`/`), the logs as JSON
+//! (`/logs`), new logs as server-sent events (`/logs/stream`), the standings
+//! from Redis (`/results`), and `/healthz`, `/readyz`, `/metrics`.
+//!
+//! [`LogsApp::build`] binds the listener (tests bind port 0 and read
+//! [`LogsApp::addr`]); [`LogsApp::run`] serves until the shutdown future
+//! resolves. MongoDB and Redis are reached lazily: the app starts while they
+//! are down, answers 503 meanwhile, and recovers by itself.
+
+mod error;
+mod metrics;
+mod page;
+mod query;
+mod standings;
+mod store;
+mod stream;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Service;
+use actix_web::http::header::CACHE_CONTROL;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+
+use crate::config::LogsSettings;
+use error::LogsError;
+use metrics::{Metrics, RequestLabels};
+use standings::StandingsReader;
+use store::LogStore;
+use stream::Hub;
+
+/// How long open requests may take to finish once shutdown starts. Streams
+/// end at once (the hub closes them), so this only bounds ordinary requests.
+const SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Delay between attempts to create the index while MongoDB is unreachable.
+const INDEX_RETRY: Duration = Duration::from_secs(5);
+
+struct State {
+    store: LogStore,
+    standings: StandingsReader,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+pub struct LogsApp {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: web::Data<State>,
+    poll_interval: Duration,
+    stream_lookback: Duration,
+}
+
+impl LogsApp {
+    /// Checks the settings, prepares the MongoDB and Redis clients (without
+    /// connecting) and binds the listen address (`PORT` wins, for Cloud Run).
+    pub async fn build(settings: &LogsSettings) -> anyhow::Result<LogsApp> {
+        let logs = &settings.logs;
+        anyhow::ensure!(logs.logs_stream_buffer >= 1, "--logs-stream-buffer must be at least 1");
+        anyhow::ensure!(
+            logs.logs_poll_interval_ms >= 1,
+            "--logs-poll-interval-ms must be at least 1"
+        );
+        anyhow::ensure!(
+            logs.logs_backend_timeout_ms >= 1,
+            "--logs-backend-timeout-ms must be at least 1"
+        );
+        let timeout = logs.backend_timeout();
+        let store = LogStore::new(&settings.mongo.mongodb_uri, &settings.mongo.mongodb_database, timeout)
+            .await
+            .context("MongoDB settings (--mongodb-uri)")?;
+        let standings = StandingsReader::new(&settings.redis.redis_url, &settings.redis.redis_key_prefix, timeout)
+            .context("Redis settings (--redis-url)")?;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(
+            logs.logs_stream_buffer,
+            logs.logs_max_streams,
+            metrics.clone(),
+        ));
+        let wanted = logs.listen_addr();
+        let listener = TcpListener::bind(wanted).with_context(|| format!("cannot listen on {wanted}"))?;
+        let addr = listener.local_addr()?;
+        Ok(LogsApp {
+            listener,
+            addr,
+            state: web::Data::new(State {
+                store,
+                standings,
+                hub,
+                metrics,
+            }),
+            poll_interval: logs.poll_interval(),
+            stream_lookback: logs.stream_lookback(),
+        })
+    }
+
+    /// The address actually bound (the real port when 0 was asked).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, then ends the live streams and stops
+    /// gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap_fn(|req, service| {
+                    let path = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                    let metrics = req.app_data::<web::Data<State>>().map(|s| s.metrics.clone());
+                    let response = service.call(req);
+                    async move {
+                        let response = response.await?;
+                        if let Some(metrics) = metrics {
+                            let status = response.status().as_u16();
+                            metrics.requests.get_or_create(&RequestLabels { path, status }).inc();
+                        }
+                        Ok(response)
+                    }
+                })
+                .route("/", web::get().to(page::html))
+                .route("/page.js", web::get().to(page::js))
+                .route("/page.css", web::get().to(page::css))
+                .route("/logs", web::get().to(list_logs))
+                .route("/logs/stream", web::get().to(stream_logs))
+                .route("/results", web::get().to(results))
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics_text))
+                .default_service(web::to(not_found))
+        })
+        .listen(self.listener)?
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .run();
+        let handle = server.handle();
+
+        let tail = tokio::spawn(stream::run_tail(
+            self.state.hub.clone(),
+            self.state.store.clone(),
+            self.poll_interval,
+            self.stream_lookback,
+        ));
+        let index = tokio::spawn(ensure_index(self.state.store.clone()));
+
+        tokio::pin!(server);
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = shutdown => {
+                tracing::info!("logs app shutting down");
+                self.state.hub.close();
+                // The stop command is sent now; the server future carries it
+                // out, so it is that future we await, not the handle's.
+                drop(handle.stop(true));
+                server.await
+            }
+        };
+        tail.abort();
+        index.abort();
+        served.context("logs HTTP server")
+    }
+}
+
+/// Creates the paging index once MongoDB answers; until then `/logs` still
+/// works (without the index, on a small collection).
+async fn ensure_index(store: LogStore) {
+    let mut warned = false;
+    while let Err(e) = store.ensure_index().await {
+        // Once per outage, not once per attempt.
+        if !warned {
+            tracing::warn!(error = %e, detail = e.detail().unwrap_or_default(), "cannot create the logs index yet; retrying");
+            warned = true;
+        }
+        tokio::time::sleep(INDEX_RETRY).await;
+    }
+}
+
+type Params = web::Query<Vec<(String, String)>>;
+
+async fn list_logs(state: web::Data<State>, params: Params) -> Result<HttpResponse, LogsError> {
+    let query = query::page(&params)?;
+    let page = state.store.page(&query).await?;
+    Ok(HttpResponse::Ok().insert_header((CACHE_CONTROL, "no-store")).json(page))
+}
+
+async fn stream_logs(state: web::Data<State>, params: Params) -> Result<HttpResponse, LogsError> {
+    let filter = query::stream(&params)?;
+    let events = state.hub.subscribe(filter)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((CACHE_CONTROL, "no-store"))
+        // Reverse proxies (nginx and the like) must pass events on at once.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events))
+}
+
+async fn results(state: web::Data<State>) -> Result<HttpResponse, LogsError> {
+    let standings = state.standings.read().await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(standings))
+}
+
+/// Alive: the process answers. Says nothing about MongoDB or Redis, so an
+/// outage of theirs never gets this app restarted.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// Ready: both backends answer.
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let (mongo, redis) = tokio::join!(state.store.ping(), state.standings.ping());
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = serde_json::json!({ "mongodb": word(mongo.is_ok()), "redis": word(redis.is_ok()) });
+    if mongo.is_ok() && redis.is_ok() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics_text(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.encode())
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({ "error": "not found" }))
+}

@@ -1,0 +1,444 @@
+//! The logs web app against the real local stack: logs inserted in the
+//! documented shape (DESIGN.md, "MongoDB") and counters written under the
+//! documented Redis keys, each test with its own database and key prefix.
+
+mod browser;
+mod outages;
+mod private_mongo;
+mod results;
+mod stream;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use deadpool_redis::redis;
+use mongodb::bson::{self, Document, doc};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use votestream::config::{Cli, Command, LogsSettings};
+use votestream::logs::LogsApp;
+
+use crate::common::{mongodb_uri, redis_url, unique};
+
+/// Generous bound on anything that happens "soon" (a poll, a reconnect).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The logs app's settings as the binary parses them, with test overrides.
+fn settings(overrides: &[&str]) -> LogsSettings {
+    let args = ["votestream", "logs"].iter().chain(overrides);
+    match Cli::try_parse_from(args).expect("valid test settings").command {
+        Command::Logs(settings) => settings,
+        other => panic!("expected logs settings, got {other:?}"),
+    }
+}
+
+/// A running logs app with its own Mongo database and Redis key prefix.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: mongodb::Database,
+    pub prefix: String,
+    redis: redis::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts the app on port 0; `extra` flags override the test defaults.
+    pub async fn spawn(extra: &[&str]) -> TestApp {
+        TestApp::spawn_with_logs(extra, &[]).await
+    }
+
+    /// Starts the app on a database that already holds `logs`.
+    pub async fn spawn_with_logs(extra: &[&str], logs: &[Document]) -> TestApp {
+        let database = unique("logs");
+        let prefix = format!("{}:", unique("logs"));
+        let (mongo_uri, redis) = (mongodb_uri(), redis_url());
+        let defaults = [
+            ("--logs-addr", "127.0.0.1:0"),
+            ("--mongodb-uri", &mongo_uri),
+            ("--mongodb-database", &database),
+            ("--redis-url", &redis),
+            ("--redis-key-prefix", &prefix),
+            // Quick polls keep the stream tests short; the bound is PATIENCE anyway.
+            ("--logs-poll-interval-ms", "100"),
+        ];
+        // A flag may be given once: `extra` replaces the default.
+        let mut args: Vec<&str> = defaults
+            .iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [*flag, *value])
+            .collect();
+        args.extend_from_slice(extra);
+        let mongo = mongodb::Client::with_uri_str(mongodb_uri())
+            .await
+            .expect("mongo client");
+        if !logs.is_empty() {
+            let collection = mongo.database(&database).collection::<Document>("logs");
+            collection.insert_many(logs).await.expect("logs inserted");
+        }
+        let app = LogsApp::build(&settings(&args)).await.expect("logs app builds");
+        let base = format!("http://{}", app.addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            db: mongo.database(&database),
+            prefix,
+            redis: redis::Client::open(redis_url()).expect("redis client"),
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    pub async fn insert(&self, logs: &[Document]) {
+        self.db
+            .collection::<Document>("logs")
+            .insert_many(logs)
+            .await
+            .expect("logs inserted");
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let body = response.json::<Value>().await.expect("JSON body");
+        (status, body)
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        self.redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Stops the server (proving the shutdown future works) and drops what the test wrote.
+    pub async fn finish(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let stopped = tokio::time::timeout(PATIENCE, server).await;
+            stopped
+                .expect("server stops")
+                .expect("server task")
+                .expect("server ends cleanly");
+        }
+        let _ = self.db.drop().await;
+        let mut conn = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+    }
+}
+
+/// A log document in the shape the consumer writes.
+pub fn log(id: &str, received_at_ms: i64, band: &str, album: &str, route: &str) -> Document {
+    doc! {
+        "_id": id,
+        "received_at": bson::DateTime::from_millis(received_at_ms),
+        "logged_at": bson::DateTime::now(),
+        "name": band,
+        "album": album,
+        "year": 1990_i32,
+        "rank": 7.5,
+        "route": route,
+        "partition": 0_i32,
+        "offset": 0_i64,
+    }
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// 2025-11-26T18:00:00Z, a fixed instant so expected dates are literal.
+const T0: i64 = 1_764_180_000_000;
+
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| item["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// Polls `check` until it returns `Some`, up to `PATIENCE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A port nothing listens on (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test]
+async fn logs_come_back_newest_first_with_utc_date_time_and_instant() {
+    let app = TestApp::spawn(&[]).await;
+    let docs: Vec<Document> = (0..30)
+        .map(|i| {
+            log(
+                &format!("vote-{i:02}"),
+                T0 + i * 1_000,
+                "Alux Nahual",
+                "Alux Nahual",
+                "grpc",
+            )
+        })
+        .rev()
+        .collect();
+    app.insert(&docs).await;
+
+    let (status, page) = app.get("/logs").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let expected: Vec<String> = (10..30).rev().map(|i| format!("vote-{i:02}")).collect();
+    assert_eq!(ids(&page), expected, "the newest 20, newest first");
+    assert_eq!(
+        page["items"][0],
+        serde_json::json!({
+            "id": "vote-29",
+            "date": "2025-11-26",
+            "time": "18:00:29",
+            "received_at": "2025-11-26T18:00:29.000Z",
+            "band": "Alux Nahual",
+            "album": "Alux Nahual",
+            "year": 1990,
+            "rank": 7.5,
+            "route": "grpc",
+        })
+    );
+    assert!(page["next"].is_string(), "more logs remain: {page}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn band_album_and_route_filters_and_the_limit_narrow_the_page() {
+    let app = TestApp::spawn(&[]).await;
+    let mut docs = Vec::new();
+    for i in 0..24_i64 {
+        let band = ["Alux Nahual", "Bohemia Suburbana"][(i % 2) as usize];
+        let album = ["Fiebre", "Hijos del Trueno", "Vida"][(i % 3) as usize];
+        let route = ["grpc", "http"][((i / 2) % 2) as usize];
+        docs.push(log(&format!("v{i:02}"), T0 + i, band, album, route));
+    }
+    app.insert(&docs).await;
+    let expect = |keep: &dyn Fn(i64) -> bool| -> Vec<String> {
+        (0..24).rev().filter(|&i| keep(i)).map(|i| format!("v{i:02}")).collect()
+    };
+
+    let (_, page) = app.get("/logs?band=Bohemia%20Suburbana&limit=500").await;
+    assert_eq!(ids(&page), expect(&|i| i % 2 == 1));
+    let (_, page) = app.get("/logs?band=Alux+Nahual&album=Vida&limit=500").await;
+    assert_eq!(ids(&page), expect(&|i| i % 2 == 0 && i % 3 == 2));
+    let (_, page) = app.get("/logs?route=http&limit=500").await;
+    assert_eq!(ids(&page), expect(&|i| (i / 2) % 2 == 1));
+    let (_, page) = app.get("/logs?album=Fiebre&route=grpc&limit=2").await;
+    assert_eq!(ids(&page), expect(&|i| i % 3 == 0 && (i / 2) % 2 == 0)[..2]);
+    assert!(page["next"].is_string());
+    // Filters hold across pages.
+    let mut paged = Vec::new();
+    let mut path = "/logs?band=Alux+Nahual&limit=5".to_owned();
+    loop {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        paged.extend(ids(&page));
+        let Some(cursor) = page["next"].as_str() else { break };
+        path = format!("/logs?band=Alux+Nahual&limit=5&before={cursor}");
+    }
+    assert_eq!(paged, expect(&|i| i % 2 == 0));
+    let (_, page) = app.get("/logs?limit=3").await;
+    assert_eq!(ids(&page), ["v23", "v22", "v21"]);
+    let (status, page) = app.get("/logs?band=Nobody").await;
+    assert_eq!(
+        (status, page),
+        (StatusCode::OK, serde_json::json!({"items": [], "next": null}))
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn paging_with_the_cursor_through_1000_logs_while_new_ones_arrive_returns_each_old_log_once() {
+    let app = TestApp::spawn(&[]).await;
+    // Four votes per millisecond, so pages also split ties, which only the
+    // id orders.
+    let old: Vec<(i64, String)> = (0..1_000).map(|i| (T0 + i / 4, new_id())).collect();
+    let docs: Vec<Document> = old
+        .iter()
+        .map(|(at, id)| log(id, *at, "Viernes Verde", "Rock", "http"))
+        .collect();
+    app.insert(&docs).await;
+    let mut expected = old.clone();
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+
+    let mut seen = Vec::new();
+    let mut path = "/logs?limit=37".to_owned();
+    let mut arrivals = 0_i64;
+    for _page in 0..100 {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(ids(&page));
+        // New votes keep arriving between pages, newer than every old one.
+        let fresh: Vec<Document> = (0..5)
+            .map(|_| {
+                arrivals += 1;
+                log(&new_id(), T0 + 10_000 + arrivals, "Viernes Verde", "Rock", "grpc")
+            })
+            .collect();
+        app.insert(&fresh).await;
+        match page["next"].as_str() {
+            Some(cursor) => path = format!("/logs?limit=37&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 1_000, "every old log once, nothing new");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 1_000, "no log twice");
+    assert_eq!(seen, expected, "(received_at, id) descending across pages");
+
+    let logs = app.db.collection::<Document>("logs");
+    let logs = &logs;
+    eventually("the paging index", || async move {
+        let names = logs.list_index_names().await.ok()?;
+        names.iter().any(|name| name == "received_at_-1__id_-1").then_some(())
+    })
+    .await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn bad_parameters_get_400_with_a_clear_message() {
+    let app = TestApp::spawn(&[]).await;
+    let cases = [
+        (
+            "/logs?limit=0",
+            "limit: must be a whole number from 1 to 500, got \"0\"",
+        ),
+        (
+            "/logs?limit=10000",
+            "limit: must be a whole number from 1 to 500, got \"10000\"",
+        ),
+        (
+            "/logs?limit=twenty",
+            "limit: must be a whole number from 1 to 500, got \"twenty\"",
+        ),
+        ("/logs?before=%%%", "before: not a cursor from this API"),
+        ("/logs?before=not*a*cursor", "before: not a cursor from this API"),
+        // Valid base64, of "not-a-cursor".
+        ("/logs?before=bm90LWEtY3Vyc29y", "before: not a cursor from this API"),
+        ("/logs?route=ftp", "route: must be grpc or http, got \"ftp\""),
+        (
+            "/logs?bnd=x",
+            "unknown parameter \"bnd\"; /logs accepts limit, band, album, route, before",
+        ),
+        ("/logs?limit=5&limit=6", "parameter \"limit\" is given more than once"),
+        (
+            "/logs/stream?limit=5",
+            "unknown parameter \"limit\"; /logs/stream accepts band, album, route",
+        ),
+    ];
+    for (path, message) in cases {
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with(message),
+            "{path}: {error:?} should start with {message:?}"
+        );
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_the_page_are_served_from_the_app_itself() {
+    let app = TestApp::spawn(&[]).await;
+    let get = |path: &str| app.http.get(format!("{}{path}", app.base)).send();
+
+    let health = get("/healthz").await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(
+        (status, ready),
+        (StatusCode::OK, serde_json::json!({"mongodb": "ok", "redis": "ok"}))
+    );
+
+    let page = get("/").await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script src="/page.js"></script>"#));
+    for asset in ["/page.js", "/page.css"] {
+        let response = get(asset).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let text = response.text().await.unwrap();
+        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"] {
+            assert!(!text.contains(sink), "{asset} must not parse data as HTML ({sink})");
+        }
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "{asset} loads nothing from elsewhere"
+        );
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page loads nothing from elsewhere"
+    );
+
+    let (status, body) = app.get("/nowhere").await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"}))
+    );
+
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"logs_http_requests_total{path="/healthz",status="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("logs_streams_active 0"), "{metrics}");
+    app.finish().await;
+}
+
+/// `received_at` of a document as the page prints it.
+pub fn date_time(received_at_ms: i64) -> String {
+    let at: DateTime<Utc> = DateTime::from_timestamp_millis(received_at_ms).expect("valid instant");
+    at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
