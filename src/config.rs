@@ -95,12 +95,12 @@ impl RulesArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Compression codecs built into the bundled librdkafka (zstd would need rdkafka's `zstd` feature).
 pub enum Compression {
     None,
     Gzip,
     Snappy,
     Lz4,
-    Zstd,
 }
 
 impl Compression {
@@ -110,7 +110,6 @@ impl Compression {
             Compression::Gzip => "gzip",
             Compression::Snappy => "snappy",
             Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
         }
     }
 }
@@ -207,7 +206,8 @@ pub struct ConsumerArgs {
     /// ...or when its first record is this old, in milliseconds.
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
-    /// Capacity of each sink actor's mailbox, in batches; a full mailbox pauses reading.
+    /// Batches in flight to the sinks at once (each sink's actix mailbox holds one more); when
+    /// all are in flight, reading pauses until one is written.
     #[arg(long, env = "MAILBOX_CAPACITY", default_value_t = 4)]
     pub mailbox_capacity: usize,
     /// First delay before an actor reconnects after an I/O failure, in milliseconds (doubles each time).

@@ -60,7 +60,9 @@ fn all(settings: AllSettings) -> anyhow::Result<()> {
     });
     // However the servers ended, the consumer drains too.
     let _ = stop.send(true);
-    let consumer = consumer.join().map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    let consumer = consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
     served.and(consumer.context("consumer"))
 }
 

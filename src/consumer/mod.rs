@@ -16,6 +16,7 @@ mod http;
 pub mod metrics;
 pub mod mongo_sink;
 pub mod reader;
+pub mod rebalance;
 pub mod redis_sink;
 pub mod sink;
 

@@ -11,28 +11,24 @@
 //! are paused (the consumer keeps polling, so it stays in its group) and
 //! memory stays bounded by one open batch.
 //!
-//! Where to start reading a partition (on assignment): Redis is the source of
-//! truth for what was counted, Kafka's committed offset for what both sinks
-//! wrote; the reader starts at the lower of the two. If the Redis script later
-//! finds Redis behind a batch (it lost data), the reader drains what is in
-//! flight and seeks every partition back the same way ("rewind").
+//! Where to start reading a partition is chosen in `rebalance.rs`. If the
+//! Redis script finds Redis behind a batch (it lost data), the reader drains
+//! what is in flight and seeks every partition back the same way ("rewind").
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientContext, types::RDKafkaRespErr};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -40,6 +36,7 @@ use super::batch::{Batcher, Entry, SharedBatch};
 use super::commit::CommitTracker;
 use super::metrics::ConsumerMetrics;
 use super::mongo_sink::MongoLogger;
+use super::rebalance::{ReaderContext, Rebalanced};
 use super::redis_sink::RedisAggregator;
 use super::sink::{Backoff, SinkError, WriteBatch, Written};
 use crate::config::ConsumerSettings;
@@ -151,137 +148,6 @@ impl Actor for KafkaReader {
 impl Supervised for KafkaReader {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.metrics.restarted("kafka_reader");
-    }
-}
-
-/// What the rebalance callback tells the read loop.
-#[derive(Debug)]
-enum Rebalanced {
-    /// Partitions assigned: where reading starts and what Redis had stored.
-    Assigned(Vec<(i32, i64, i64)>),
-    Revoked(Vec<i32>),
-}
-
-/// The consumer's context: rebalance callbacks and statistics.
-struct ReaderContext {
-    topic: String,
-    redis_url: String,
-    keys: RedisKeys,
-    metrics: Arc<ConsumerMetrics>,
-    events: Mutex<Vec<Rebalanced>>,
-}
-
-impl ReaderContext {
-    fn push(&self, event: Rebalanced) {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
-    }
-
-    fn take(&self) -> Vec<Rebalanced> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// The offsets Redis has applied, per partition of our topic. This runs
-    /// inside the rebalance callback, so it uses a short, blocking connection.
-    fn redis_offsets(&self) -> Result<BTreeMap<i32, i64>, String> {
-        use deadpool_redis::redis::Commands;
-        let client = deadpool_redis::redis::Client::open(self.redis_url.as_str()).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
-        let stored: BTreeMap<String, i64> = conn.hgetall(&self.keys.offsets).map_err(|e| e.to_string())?;
-        let prefix = format!("{}/", self.topic);
-        Ok(stored
-            .into_iter()
-            .filter_map(|(field, offset)| Some((field.strip_prefix(&prefix)?.parse().ok()?, offset)))
-            .collect())
-    }
-
-    /// Sets each partition's starting offset in `tpl`; returns (partition, start, Redis's offset).
-    fn choose_starts<K: Consumer<ReaderContext>>(
-        &self,
-        consumer: &K,
-        tpl: &mut TopicPartitionList,
-    ) -> Vec<(i32, i64, i64)> {
-        let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
-        let redis = match self.redis_offsets() {
-            Ok(r) => Some(r),
-            Err(error) => {
-                // Kafka's committed offsets alone are safe: if Redis turns out to be
-                // behind them, the script reports a gap and the reader rewinds.
-                tracing::warn!(%error, "cannot read consumer:offsets from Redis; starting from Kafka's committed offsets");
-                None
-            }
-        };
-        let mut chosen = Vec::new();
-        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        for p in partitions {
-            let committed_next = committed
-                .as_ref()
-                .and_then(|c| c.find_partition(&self.topic, p))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
-            let redis_stored = redis.as_ref().map(|r| r.get(&p).copied().unwrap_or(-1));
-            let start = start_offset(redis_stored, committed_next);
-            let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(start));
-            chosen.push((p, start, redis_stored.unwrap_or(-1)));
-        }
-        tracing::info!(partitions = ?chosen, "starting at (partition, offset, redis offset)");
-        chosen
-    }
-}
-
-/// Where to start a partition: after what Redis counted, but never after what
-/// Kafka knows both sinks wrote (Mongo may be behind Redis).
-pub fn start_offset(redis_stored: Option<i64>, committed_next: Option<i64>) -> i64 {
-    match (redis_stored, committed_next) {
-        (Some(stored), Some(next)) => (stored + 1).min(next),
-        (Some(stored), None) => stored + 1,
-        (None, Some(next)) => next,
-        (None, None) => 0,
-    }
-}
-
-impl ClientContext for ReaderContext {
-    fn stats(&self, stats: Statistics) {
-        let up = stats.brokers.values().any(|b| b.state == "UP");
-        ConsumerMetrics::set_up(&self.metrics.kafka_up, up);
-        if let Some(topic) = stats.topics.get(&self.topic) {
-            let lag: i64 = topic
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
-            self.metrics.consumer_lag.set(lag);
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = self.choose_starts(consumer, tpl);
-                self.push(Rebalanced::Assigned(starts));
-                if let Err(error) = consumer.assign(tpl) {
-                    tracing::error!(%error, "assign failed");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked = tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
-                tracing::info!(partitions = ?revoked, "revoked");
-                self.push(Rebalanced::Revoked(revoked));
-                if let Err(error) = consumer.unassign() {
-                    tracing::error!(%error, "unassign failed");
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance error");
-                let _ = consumer.unassign();
-            }
-        }
     }
 }
 
@@ -639,24 +505,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reading_starts_after_redis_but_never_after_kafkas_commit() {
-        // Fresh contest: the beginning.
-        assert_eq!(start_offset(Some(-1), None), 0);
-        assert_eq!(start_offset(None, None), 0);
-        // Redis ahead of the commit (Mongo had not confirmed): the commit wins.
-        assert_eq!(start_offset(Some(99), Some(50)), 50);
-        // Redis lost data: start after what Redis really has.
-        assert_eq!(start_offset(Some(9), Some(50)), 10);
-        assert_eq!(start_offset(Some(-1), Some(50)), 0);
-        // Redis unreachable: Kafka's commit.
-        assert_eq!(start_offset(None, Some(50)), 50);
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 mod consumer;
 mod ingress;
+mod logs;
 mod pipeline;
 mod services;
-mod logs;
 mod smoke;
