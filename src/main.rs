@@ -72,8 +72,6 @@ async fn stop_all_after<T>(stop: watch::Sender<bool>, run: impl Future<Output = 
     result
 }
 
-fn until_stopped(mut stopped: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
