@@ -83,10 +83,24 @@ async fn redis_and_mongo_restarts_while_draining_lose_and_double_count_nothing()
     redis.crash_and_restart(Duration::from_secs(2));
     eprintln!("redis killed and restarted empty at {seen} counted");
     let floor = progress_past(&world, seen).await;
-    let before = world.redis_total().await;
-    mongo.crash_and_restart(Duration::from_secs(3));
+    mongo.crash();
+    // Once the in-flight batches are stuck behind Mongo, reading stops.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let read_before = counter(
+        &consumer.metrics().await.expect("metrics"),
+        "votestream_consumer_records_read_total",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read_after = counter(
+        &consumer.metrics().await.expect("metrics"),
+        "votestream_consumer_records_read_total",
+    );
     let paused = world.redis_total().await;
-    eprintln!("mongo killed and restarted at {before} counted (reading paused at {paused}, floor {floor})");
+    mongo.start_again();
+    eprintln!(
+        "mongo down at {floor} counted: reading paused at {read_before} read ({read_after} 2 s later), {paused} counted"
+    );
+    assert!(read_after - read_before <= 250.0, "reading pauses while Mongo is down");
     assert!(paused < n as i64, "mongo restarted mid-backlog");
 
     wait_for_total(&world, n as i64, Duration::from_secs(300)).await;

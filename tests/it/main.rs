@@ -5,6 +5,7 @@
 
 mod common;
 mod consumer;
+mod fencing;
 mod ingress;
 mod logs;
 mod pipeline;

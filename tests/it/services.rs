@@ -136,10 +136,13 @@ impl PrivateMongo {
         format!("mongodb://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server with SIGKILL and starts it again on the same port and data.
-    pub fn crash_and_restart(&mut self, down_for: Duration) {
+    /// Kills the server with SIGKILL; [`start_again`](Self::start_again) brings it back.
+    pub fn crash(&mut self) {
         kill9(&mut self.child);
-        std::thread::sleep(down_for);
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn start_again(&mut self) {
         self.child = Self::spawn(&self.dir, self.port);
     }
 }
