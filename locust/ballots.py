@@ -79,7 +79,11 @@ class Tally:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts = {route: {"accepted": 0, "not_accepted": 0} for route in ROUTES}
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = {route: {"accepted": 0, "not_accepted": 0} for route in ROUTES}
 
     def add(self, route: str, accepted: int, not_accepted: int) -> None:
         with self._lock:

@@ -81,6 +81,11 @@ def _init(environment, **_kwargs):
         environment.stop_timeout = REQUEST_TIMEOUT_S + 5
 
 
+@events.test_start.add_listener
+def _reset_tally(**_kwargs):
+    TALLY.reset()  # each run of the web UI counts its own votes, like its stats
+
+
 @events.test_stop.add_listener
 def _write_tally(environment, **_kwargs):
     if environment.parsed_options.tally_file:
