@@ -152,12 +152,12 @@ def _json(url: str) -> dict:
 class Load:
     """Locust as a library: GrpcUser and HttpUser, `users` of each, at once."""
 
-    def __init__(self, pipeline: Pipeline, users: int, batch: int, duration: int):
+    def __init__(self, pipeline: Pipeline, users: int, batch: int):
         total = 2 * users
         # The locustfile's own options (--grpc-target, ...) are in this parser too.
         options = get_parser(default_config_files=[]).parse_args(
             args=[
-                "--headless", "--users", str(total), "--spawn-rate", str(total), "--run-time", f"{duration}s",
+                "--headless", "--users", str(total), "--spawn-rate", str(total),
                 "--host", pipeline.url("HTTP_ADDR"), "--grpc-target", pipeline.grpc_target(),
                 "--batch-size", str(batch),
             ]
@@ -170,7 +170,7 @@ class Load:
         )
         self.env.events.init.fire(environment=self.env, runner=None, web_ui=None)
         self.runner = self.env.create_local_runner()
-        self.users, self.duration = total, duration
+        self.users = total
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -304,7 +304,7 @@ def main() -> int:
         say(f"  ready in {ready_in:.1f} s")
         before = counted(pipeline) or 0
 
-        load = Load(pipeline, args.users, args.batch, args.duration)
+        load = Load(pipeline, args.users, args.batch)
         phase(5, f"Locust: {args.users} gRPC users and {args.users} HTTP users for {args.duration} s, at once")
         progress = Progress()
         load.start()
@@ -316,7 +316,7 @@ def main() -> int:
                 f"{bar(now / args.duration)} {now:4.0f}/{args.duration} s  votes accepted {sent:,}  "
                 f"counted in Redis {seen_text}"
             )
-            interrupted.wait(1)
+            interrupted.wait(max(0.0, min(1.0, args.duration - load.elapsed())))
         load.stop()
         sent = locustfile.TALLY.accepted()
         progress.show(f"{bar(1)} {load.seconds:4.0f} s  votes accepted {sent:,}; Locust stopped", final=True)
