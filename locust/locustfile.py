@@ -196,7 +196,16 @@ class HttpUser(FastHttpUser, _Voter):
                 body = response.json()
                 accepted = body["accepted"]
                 if accepted < len(votes):
-                    response.failure(
-                        f"{len(body['rejected'])} rejected, {len(body['unavailable'])} unavailable of {len(votes)}"
-                    )
+                    response.failure(_http_batch_problem(body, len(votes)))
         TALLY.add("http", accepted, len(votes) - accepted)
+
+
+def _http_batch_problem(body, sent) -> str:
+    detail = ""
+    if body["rejected"]:
+        first = body["rejected"][0]
+        detail = f"; item {first['index']}: {first['field']} {first['problem']}"
+    elif body["unavailable"]:
+        first = body["unavailable"][0]
+        detail = f"; item {first['index']}: {first['reason']}"
+    return f"{len(body['rejected'])} rejected, {len(body['unavailable'])} unavailable of {sent}{detail}"

@@ -87,7 +87,9 @@ class Pipeline:
             while not _ok(self.url(var, "/readyz")):
                 self.check_alive()
                 if time.monotonic() - start > READY_TIMEOUT_S:
-                    raise DemoError(f"the {LISTENERS[var][1]} was not ready within {READY_TIMEOUT_S} s\n{self.log_tail()}")
+                    raise DemoError(
+                        f"the {LISTENERS[var][1]} was not ready within {READY_TIMEOUT_S} s\n{self.log_tail()}"
+                    )
                 if interrupted.wait(0.25):
                     raise KeyboardInterrupt
         return time.monotonic() - start
@@ -127,6 +129,8 @@ def _check_free(var: str, bind: tuple[str, int]) -> None:
     host, port = bind
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As votestream does: connections of an earlier run in TIME_WAIT do not count, a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -242,7 +246,10 @@ def table(headers: list[str], rows: list[list], left: int = 1) -> str:
     lines = []
     for r in cells:
         lines.append(
-            "  " + "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            "  "
+            + "  ".join(
+                c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
         )
     return "\n".join(lines)
 
@@ -253,7 +260,10 @@ def print_standings(results: dict, this_run: int, url: str) -> None:
     total = results["total"]
     say(f"Standings ({url}): {total:,} votes counted ({this_run:,} in this run); {split}")
     say()
-    bands = [[i, b["band"], f"{b['votes']:,}", f"{100 * b['votes'] / max(total, 1):.1f}%"] for i, b in enumerate(results["bands"], 1)]
+    bands = [
+        [i, b["band"], f"{b['votes']:,}", f"{100 * b['votes'] / max(total, 1):.1f}%"]
+        for i, b in enumerate(results["bands"], 1)
+    ]
     say(table(["#", "Band", "Votes", "Share"], bands, left=2))
     say()
     albums = [
@@ -265,15 +275,23 @@ def print_standings(results: dict, this_run: int, url: str) -> None:
 
 def print_routes(rows: list[dict], users: int, batch: int, seconds: float) -> None:
     per = "1 vote per request" if batch == 1 else f"{batch} votes per request"
-    say(f"Locust, per route ({users} users each, {seconds:.0f} s, {per}; times in ms):")
+    who = f"{users} user{'' if users == 1 else 's'} each"
+    say(f"Locust, per route ({who}, {seconds:.0f} s, {per}; times in ms):")
     say()
     say(
         table(
             ["Route", "Requests", "Failures", "Avg", "Median", "p95", "Req/s", "Votes accepted", "Votes/s"],
             [
                 [
-                    r["route"], f"{r['requests']:,}", f"{r['failures']:,}", f"{r['avg']:.1f}", f"{r['median']:.0f}",
-                    f"{r['p95']:.0f}", f"{r['rps']:,.1f}", f"{r['votes']:,}", f"{r['vps']:,.1f}",
+                    r["route"],
+                    f"{r['requests']:,}",
+                    f"{r['failures']:,}",
+                    f"{r['avg']:.1f}",
+                    f"{r['median']:.0f}",
+                    f"{r['p95']:.0f}",
+                    f"{r['rps']:,.1f}",
+                    f"{r['votes']:,}",
+                    f"{r['vps']:,.1f}",
                 ]
                 for r in rows
             ],
@@ -329,7 +347,9 @@ def main() -> int:
             if seen >= sent:
                 break
             if time.monotonic() > deadline:
-                progress.show(f"counted {seen:,} of {sent:,} after {COUNT_TIMEOUT_S} s; showing what is there", final=True)
+                progress.show(
+                    f"counted {seen:,} of {sent:,} after {COUNT_TIMEOUT_S} s; showing what is there", final=True
+                )
                 break
             pipeline.check_alive()
             interrupted.wait(0.5)
@@ -342,6 +362,8 @@ def main() -> int:
         print_standings(results, results["total"] - before, pipeline.url("LOGS_ADDR", "/results"))
         say()
         print_routes(load.per_route(), args.users, args.batch, load.seconds)
+        for error in sorted(load.env.stats.errors.values(), key=lambda e: -e.occurrences)[:5]:
+            say(f"  failed {error.occurrences:,} times: {error.method} {error.name}: {error.error}")
         say()
         say("Where to look:")
         say(f"  logs page (live)     {pipeline.url('LOGS_ADDR', '/')}")
@@ -349,7 +371,7 @@ def main() -> int:
         say(f"  ingress metrics      {pipeline.url('HTTP_ADDR', '/metrics')}")
         say(f"  consumer metrics     {pipeline.url('CONSUMER_HTTP_ADDR', '/metrics')}")
         say(f"  votestream log       {args.log}")
-        say("  Grafana              see README.md, \"Grafana\" (grafana-provisioning/)")
+        say('  Grafana              see README.md, "Grafana" (grafana-provisioning/)')
         say()
         if not args.exit:
             say(f"[demo] the pipeline keeps running (votestream PID {pipeline.process.pid}); Ctrl-C stops it")

@@ -29,7 +29,14 @@ PANEL_TYPES = {"stat", "piechart", "timeseries", "barchart", "bargauge", "table"
 # Commands of the plugin's "Redis commands" query type that this test can run.
 COMMANDS = {"get", "hgetall", "xrange"}
 # Each key of DESIGN.md's contract that Grafana is meant to chart.
-CHARTED_KEYS = {"votes:total", "votes:by_band", "votes:by_album", "votes:by_route", "rank:avg_by_album", "votes:timeline"}
+CHARTED_KEYS = {
+    "votes:total",
+    "votes:by_band",
+    "votes:by_album",
+    "votes:by_route",
+    "rank:avg_by_album",
+    "votes:timeline",
+}
 
 
 def datasources() -> dict[str, str]:

@@ -47,7 +47,11 @@ def test_the_generator_writes_larger_files_the_locustfile_reads(tmp_path):
         ('{"name": "x"}', "non-empty JSON array"),
         ('[{"name": "Sub", "album": "Sub", "year": 2001, "rank": "5"}]', "item 0"),
         ('[{"name": "Sub", "album": "Sub", "year": "2001"}]', "item 0"),
-        ('[{"name": "a", "album": "b", "year": "1990", "rank": "1"}, {"name": "a", "album": "b", "year": "MMI", "rank": "1"}]', "item 1"),
+        (
+            '[{"name": "a", "album": "b", "year": "1990", "rank": "1"}, {"name": "a", "album": "b", "year": "MMI"}]',
+            "item 1",
+        ),
+        ('[{"name": "a", "album": "b", "year": "MMI", "rank": "1"}]', "item 0: year must be a whole number"),
     ],
 )
 def test_a_bad_votes_file_is_refused_naming_the_problem(tmp_path, content, problem):
