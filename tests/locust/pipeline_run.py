@@ -124,7 +124,7 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
 def _votestream_binary() -> Path:
     """The debug build, brought up to date (a no-op after `cargo test`)."""
     subprocess.run(["cargo", "build", "--quiet", "--locked", "--bin", "votestream"], cwd=ROOT, check=True)
-    return ROOT / "target" / "debug" / "votestream"
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "votestream"
 
 
 def _free_ports(n: int) -> list[int]:
