@@ -10,7 +10,7 @@ import pytest
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from conftest import rendered
+from variants import rendered
 from contract import ROOT
 from kustomize_lite import pod_specs
 from strimzi_checks import strimzi_errors

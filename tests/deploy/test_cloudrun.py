@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cloudrun_checks import cloudrun_errors
-from conftest import K8S_VERSIONS
+from variants import K8S_VERSIONS
 from contract import ROOT
 
 HERE = ROOT / "tests" / "deploy"

@@ -13,7 +13,7 @@ import pytest
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from conftest import K8S, K8S_VERSIONS
+from variants import K8S, K8S_VERSIONS
 from contract import PROBE_PATHS, ROOT, grpc_services
 from kustomize_lite import containers, parse_env_file, pod_specs
 from strimzi_checks import strimzi_errors

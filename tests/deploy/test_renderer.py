@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import K8S, VARIANTS, rendered
+from variants import K8S, VARIANTS, rendered
 from kustomize_lite import Unsupported, render
 
 

@@ -1,0 +1,201 @@
+"""One real pipeline run, shared by the Locust and Grafana tests of a session.
+
+`votestream all` (the debug build) runs on free ports against the local stack
+with its own topic (6 partitions), consumer group, Redis key prefix and Mongo
+database. Locust drives it headless over both routes, first with single votes
+then with batches, until Redis has counted every vote Locust saw accepted;
+then the pipeline gets SIGTERM. The tests read what was recorded; the keys,
+the database and the topic are removed when the session ends.
+
+Addresses of the stack: KAFKA_BROKERS, REDIS_URL, MONGODB_URI (defaults: the
+local stack of scripts/stack).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pymongo
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+KAFKA_BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
+
+USERS_PER_ROUTE = 3
+SECONDS_PER_RUN = 4
+BATCH_SIZES = (1, 5)  # a run with single votes, then one with batches
+COUNTED_TIMEOUT_S = 60
+
+
+@dataclass
+class LocustRun:
+    batch_size: int
+    exit_code: int
+    output: str  # Locust's stdout and stderr
+    stats: list[dict]  # --json-file: one entry per request name
+    tally: dict[str, dict[str, int]]  # --tally-file: accepted / not_accepted per route
+
+
+@dataclass
+class PipelineRun:
+    prefix: str  # the Redis key prefix of this run
+    database: str
+    locust: list[LocustRun] = field(default_factory=list)
+    counted: int = 0  # votes:total when Locust's accepted votes were all counted, or at the timeout
+    exit_code: int | None = None  # votestream's, after SIGTERM (None: it did not stop in time)
+    log: Path | None = None
+
+    def accepted(self, route: str | None = None) -> int:
+        routes = [route] if route else ["grpc", "http"]
+        return sum(run.tally[r]["accepted"] for run in self.locust for r in routes)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log else ""
+
+
+@contextlib.contextmanager
+def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
+    """Runs the pipeline and Locust as described above; removes what the run
+    left in Kafka, Redis and MongoDB on exit."""
+    name = f"pytest-locust-{uuid.uuid4().hex[:12]}"
+    run = PipelineRun(prefix=f"{name}:", database=name, log=tmp / "votestream.log")
+    admin = AdminClient({"bootstrap.servers": KAFKA_BROKERS})
+    mongo = pymongo.MongoClient(MONGODB_URI, serverSelectionTimeoutMS=5000)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])[name].result(30)
+        binary = _votestream_binary()
+        grpc_port, http_port, consumer_port, logs_port = _free_ports(4)
+        env = {k: v for k, v in os.environ.items() if k != "PORT"}  # PORT would move the logs app
+        env.update(
+            KAFKA_BROKERS=KAFKA_BROKERS,
+            REDIS_URL=REDIS_URL,
+            MONGODB_URI=MONGODB_URI,
+            VOTES_TOPIC=name,
+            CONSUMER_GROUP=name,
+            REDIS_KEY_PREFIX=run.prefix,
+            MONGODB_DATABASE=name,
+            GRPC_ADDR=f"127.0.0.1:{grpc_port}",
+            HTTP_ADDR=f"127.0.0.1:{http_port}",
+            CONSUMER_HTTP_ADDR=f"127.0.0.1:{consumer_port}",
+            LOGS_ADDR=f"127.0.0.1:{logs_port}",
+        )
+        with open(run.log, "wb") as log:
+            pipeline = subprocess.Popen([str(binary), "all"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(pipeline, run, [f"http://127.0.0.1:{p}/readyz" for p in (http_port, consumer_port)])
+            for batch_size in BATCH_SIZES:
+                run.locust.append(_run_locust(tmp, batch_size, http_port, grpc_port))
+            run.counted = _wait_counted(redis_client, run)
+        finally:
+            pipeline.send_signal(signal.SIGTERM)
+            try:
+                run.exit_code = pipeline.wait(60)
+            except subprocess.TimeoutExpired:
+                pipeline.kill()
+                pipeline.wait()
+        yield run
+    finally:
+        for key in redis_client.scan_iter(match=f"{run.prefix}*", count=100):
+            redis_client.delete(key)
+        mongo.drop_database(name)
+        mongo.close()
+        for deleted in admin.delete_topics([name]).values():
+            with contextlib.suppress(Exception):
+                deleted.result(10)
+
+
+def _votestream_binary() -> Path:
+    """The debug build, brought up to date (a no-op after `cargo test`)."""
+    subprocess.run(["cargo", "build", "--quiet", "--locked", "--bin", "votestream"], cwd=ROOT, check=True)
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "votestream"
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _wait_ready(pipeline: subprocess.Popen, run: PipelineRun, urls: list[str], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(urls)
+    while pending:
+        if pipeline.poll() is not None:
+            pytest.fail(f"votestream exited with {pipeline.returncode} before it was ready:\n{run.log_tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"not ready within {timeout_s} s: {pending}\n{run.log_tail()}")
+        try:
+            with urllib.request.urlopen(pending[0], timeout=2) as response:
+                if response.status == 200:
+                    pending.pop(0)
+                    continue
+        except OSError:
+            pass
+        time.sleep(0.25)
+
+
+def _run_locust(tmp: Path, batch_size: int, http_port: int, grpc_port: int) -> LocustRun:
+    tally, stats = tmp / f"tally-{batch_size}.json", tmp / f"stats-{batch_size}"
+    users = 2 * USERS_PER_ROUTE
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "locust",
+            "-f", str(ROOT / "locust" / "locustfile.py"),
+            "--headless", "--only-summary", "--loglevel", "WARNING",
+            "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{SECONDS_PER_RUN}s",
+            "--host", f"http://127.0.0.1:{http_port}",
+            "--grpc-target", f"127.0.0.1:{grpc_port}",
+            "--batch-size", str(batch_size),
+            "--tally-file", str(tally),
+            "--json-file", str(stats),
+            "GrpcUser", "HttpUser",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    read = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
+    return LocustRun(
+        batch_size=batch_size,
+        exit_code=result.returncode,
+        output=output,
+        stats=read(Path(f"{stats}.json")) or [],
+        tally=read(tally) or {"grpc": {"accepted": 0, "not_accepted": 0}, "http": {"accepted": 0, "not_accepted": 0}},
+    )
+
+
+def _wait_counted(client: redis.Redis, run: PipelineRun) -> int:
+    """votes:total once it reaches what Locust saw accepted (or at the timeout)."""
+    want = run.accepted()
+    deadline = time.monotonic() + COUNTED_TIMEOUT_S
+    while True:
+        counted = int(client.get(f"{run.prefix}votes:total") or 0)
+        if counted >= want or time.monotonic() > deadline:
+            # A short settle, so a count that overshoots shows up as such.
+            time.sleep(1)
+            return int(client.get(f"{run.prefix}votes:total") or 0)
+        time.sleep(0.2)

@@ -1,0 +1,191 @@
+"""The Grafana provisioning: every dashboard is valid dashboard JSON whose
+data sources are provisioned, and every panel's Redis command, run against
+the real Redis after the pipeline run of conftest.py, returns the data the
+panel charts.
+
+The redis-datasource plugin's query model (`type`, `command`, `keyName`, ...)
+and the frames it answers with (HGETALL: string columns `Field` and `Value`;
+GET: one `Value`, a number when it parses as one; XRANGE: `$streamId`,
+`$time` and one column per entry field, over the dashboard's time range)
+are those of the plugin's source, version 2.x.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_run import ROOT, PipelineRun
+
+PROVISIONING = ROOT / "grafana-provisioning"
+DASHBOARDS = sorted((PROVISIONING / "dashboards").glob("*.json"))
+# Panel types of Grafana 11's core plugins that this project may use.
+PANEL_TYPES = {"stat", "piechart", "timeseries", "barchart", "bargauge", "table", "gauge", "text", "row"}
+# Commands of the plugin's "Redis commands" query type that this test can run.
+COMMANDS = {"get", "hgetall", "xrange"}
+# Each key of DESIGN.md's contract that Grafana is meant to chart.
+CHARTED_KEYS = {
+    "votes:total",
+    "votes:by_band",
+    "votes:by_album",
+    "votes:by_route",
+    "rank:avg_by_album",
+    "votes:timeline",
+}
+
+
+def datasources() -> dict[str, str]:
+    """uid -> type of every provisioned data source."""
+    found = {}
+    for f in sorted((PROVISIONING / "datasources").glob("*.y*ml")):
+        for ds in (yaml.safe_load(f.read_text()) or {}).get("datasources", []):
+            found[ds["uid"]] = ds["type"]
+    return found
+
+
+def panels(dashboard: dict) -> list[dict]:
+    """Every panel, those inside collapsed rows too."""
+    found = []
+    for panel in dashboard.get("panels", []):
+        found.append(panel)
+        found.extend(panel.get("panels", []))
+    return found
+
+
+def queries() -> list[tuple[str, dict, dict]]:
+    """(test id, dashboard, panel) for every panel that queries Redis."""
+    found = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in panels(dashboard):
+            if panel.get("targets"):
+                found.append((f"{path.stem}:{panel['title']}", dashboard, panel))
+    return found
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=[p.name for p in DASHBOARDS])
+def test_the_dashboard_is_valid_grafana_dashboard_json(path: Path):
+    dashboard = json.loads(path.read_text())
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", dashboard.get("uid", "")), "a uid Grafana accepts"
+    assert dashboard.get("title")
+    assert isinstance(dashboard.get("schemaVersion"), int)
+    assert dashboard.get("refresh"), "refreshes live"
+    assert dashboard.get("time", {}).get("from"), "has a default time range"
+    all_panels = panels(dashboard)
+    assert all_panels, "has panels"
+    ids = [p.get("id") for p in all_panels]
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids), f"unique panel ids: {ids}"
+    cells = set()
+    for panel in all_panels:
+        name = panel.get("title")
+        assert name, f"panel {panel.get('id')} has a title"
+        assert panel.get("type") in PANEL_TYPES, f"{name}: panel type {panel.get('type')}"
+        pos = panel.get("gridPos", {})
+        assert all(isinstance(pos.get(k), int) for k in "hwxy"), f"{name}: gridPos {pos}"
+        assert pos["w"] > 0 and pos["h"] > 0 and pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, f"{name}: {pos}"
+        mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not cells & mine, f"{name} overlaps another panel"
+        cells |= mine
+        ref_ids = [t.get("refId") for t in panel.get("targets", [])]
+        assert len(set(ref_ids)) == len(ref_ids) and all(ref_ids), f"{name}: refIds {ref_ids}"
+
+
+def test_every_data_source_reference_is_provisioned():
+    provisioned = datasources()
+    assert provisioned, "grafana-provisioning/datasources provisions a data source"
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in panels(dashboard):
+            for ref in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
+                if ref is None:
+                    continue
+                assert isinstance(ref, dict), f"{panel['title']}: a {{type, uid}} reference, not {ref!r}"
+                assert provisioned.get(ref.get("uid")) == ref.get("type"), (
+                    f"{path.name} / {panel['title']}: {ref} is not among the provisioned {provisioned}"
+                )
+
+
+def test_the_dashboards_chart_every_counter_of_the_contract():
+    keys = {t.get("keyName") for _, _, panel in queries() for t in panel["targets"]}
+    assert CHARTED_KEYS <= keys, f"not charted: {CHARTED_KEYS - keys}"
+
+
+def test_the_provider_reads_the_folder_the_dashboards_are_mounted_in():
+    for f in sorted((PROVISIONING / "dashboards").glob("*.y*ml")):
+        for provider in yaml.safe_load(f.read_text())["providers"]:
+            assert provider["type"] == "file"
+            assert provider["options"]["path"] == "/etc/grafana/provisioning/dashboards"
+
+
+@pytest.mark.parametrize(("dashboard", "panel"), [q[1:] for q in queries()], ids=[q[0] for q in queries()])
+def test_the_panel_query_returns_the_data_it_charts(dashboard, panel, pipeline_run: PipelineRun, redis_client):
+    assert pipeline_run.counted > 0, "votes flowed"
+    for target in panel["targets"]:
+        assert target.get("type", "command") == "command" and not target.get("query"), "a Redis command query"
+        command, key = target.get("command"), target.get("keyName")
+        assert command in COMMANDS and key, f"{panel['title']}: command {command!r} on key {key!r}"
+        frame = run_query(redis_client, pipeline_run.prefix + key, command, dashboard)
+        assert frame and all(frame.values()), f"{panel['title']}: {command.upper()} {key} returned nothing"
+        for name in fields_used(panel):
+            assert name in frame, f"{panel['title']}: uses field {name!r}; the query returns {sorted(frame)}"
+        for name in charted_fields(frame):
+            bad = [v for v in frame[name] if not is_number(v)]
+            assert not bad, f"{panel['title']}: {name} is charted but holds non-numbers {bad[:5]}"
+
+
+def run_query(client, key: str, command: str, dashboard: dict) -> dict[str, list]:
+    """The columns of the frame the plugin makes from the command's answer."""
+    if command == "get":
+        value = client.get(key)
+        return {"Value": [] if value is None else [value]}
+    if command == "hgetall":
+        pairs = client.hgetall(key)
+        return {"Field": list(pairs), "Value": list(pairs.values())}
+    # xrange without start/end: the dashboard's time range, "now-<n><unit>" to now.
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms - relative_ms(dashboard["time"]["from"])
+    entries = client.xrange(key, f"{start_ms}-0", f"{now_ms}-0")
+    frame: dict[str, list] = {"$streamId": [i for i, _ in entries], "$time": [i.split("-")[0] for i, _ in entries]}
+    for _, fields in entries:
+        for name, value in fields.items():
+            frame.setdefault(name, []).append(value)
+    return frame
+
+
+def relative_ms(spec: str) -> int:
+    match = re.fullmatch(r"now-(\d+)([smhd])", spec)
+    assert match, f"a relative time range, not {spec!r}"
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)] * 1000
+
+
+def fields_used(panel: dict) -> set[str]:
+    """The frame fields a panel names before any renaming: the bar chart's
+    x field and the fields its transformations convert, sort or drop."""
+    used = set()
+    if panel.get("options", {}).get("xField"):
+        used.add(panel["options"]["xField"])
+    for t in panel.get("transformations", []):
+        options = t.get("options", {})
+        used |= {c["targetField"] for c in options.get("conversions", [])}
+        used |= {s["field"] for s in options.get("sort", [])}
+        used |= set(options.get("excludeByName", {})) | set(options.get("renameByName", {}))
+    return used
+
+
+def charted_fields(frame: dict[str, list]) -> set[str]:
+    """Fields the panel draws as numbers: everything but the labels (Field)
+    and the stream's id and time."""
+    return {name for name in frame if name not in {"Field", "$streamId", "$time"}}
+
+
+def is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
