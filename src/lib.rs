@@ -7,8 +7,8 @@
 pub mod config;
 pub mod consumer;
 pub mod ingress;
-pub mod redis_keys;
 pub mod logs;
+pub mod redis_keys;
 pub mod shutdown;
 pub mod telemetry;
 pub mod vote;

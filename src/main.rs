@@ -60,7 +60,9 @@ fn all(settings: AllSettings) -> anyhow::Result<()> {
     });
     // However the servers ended, the consumer drains too.
     let _ = stop.send(true);
-    let consumer = consumer.join().map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    let consumer = consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
     served.and(consumer.context("consumer"))
 }
 
@@ -70,8 +72,6 @@ async fn stop_all_after<T>(stop: watch::Sender<bool>, run: impl Future<Output = 
     result
 }
 
-fn until_stopped(mut stopped: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
