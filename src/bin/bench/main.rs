@@ -196,7 +196,7 @@ async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<
         for rep in 0..reps {
             step(&format!("raw Kafka produce, run {}/{reps}", rep + 1));
             let topic = stack.topic("produce", 6).await?;
-            runs.push(raw::produce(stack, &topic, &records).await?);
+            runs.push(shown(raw::produce(stack, &topic, &records).await?, "votes/s"));
             stack.delete_topic(&topic).await;
         }
         report.add(
@@ -227,7 +227,7 @@ async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<
         let mut runs = Vec::new();
         for rep in 0..reps {
             step(&format!("raw Kafka consume, run {}/{reps}", rep + 1));
-            runs.push(raw::consume(stack, topic).await?);
+            runs.push(shown(raw::consume(stack, topic).await?, "records/s"));
         }
         report.add(
             "raw.kafka_consume",
@@ -240,7 +240,7 @@ async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<
         let mut runs = Vec::new();
         for rep in 0..reps {
             step(&format!("raw Redis apply, run {}/{reps}", rep + 1));
-            runs.push(raw::redis(stack, &batches).await?);
+            runs.push(shown(raw::redis(stack, &batches).await?, "votes/s"));
         }
         report.add(
             "raw.redis_apply",
@@ -253,7 +253,7 @@ async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<
         let mut runs = Vec::new();
         for rep in 0..reps {
             step(&format!("raw Mongo insert_many, run {}/{reps}", rep + 1));
-            runs.push(raw::mongo(stack, &batches).await?);
+            runs.push(shown(raw::mongo(stack, &batches).await?, "docs/s"));
         }
         report.add(
             "raw.mongo_insert",
@@ -386,6 +386,12 @@ async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<
             for (i, route) in ingress::Route::ALL.iter().enumerate() {
                 step(&format!("ingress {}, run {}/{reps}", route.key(), rep + 1));
                 let m = ingress::measure(&ingress, *route, &load).await?;
+                eprintln!(
+                    "  {} votes/s, p50 {:.1} ms, p99 {:.1} ms",
+                    report::number(m.votes_per_s),
+                    m.p50_ms,
+                    m.p99_ms
+                );
                 if m.errors > 0 {
                     report
                         .notes
@@ -451,6 +457,12 @@ async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<
             window: Duration::from_secs_f64(args.e2e_seconds),
         };
         let windows = e2e::run(stack, &load, reps).await?;
+        for w in &windows {
+            eprintln!(
+                "  {:.0} votes/s sent: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} votes",
+                w.achieved_per_s, w.p50_ms, w.p99_ms, w.max_ms, w.votes
+            );
+        }
         let label = format!(
             "end to end at {rate:.0} votes/s (gRPC batches of {}), received_at to Redis",
             args.e2e_batch
@@ -482,6 +494,12 @@ async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<
         });
     }
     Ok(())
+}
+
+/// Prints one run's figure as it comes (the table waits for the end).
+fn shown(value: f64, unit: &str) -> f64 {
+    eprintln!("  {} {unit}", report::number(value));
+    value
 }
 
 fn load_average() -> String {
