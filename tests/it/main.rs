@@ -3,6 +3,7 @@
 //! MongoDB-protocol server on 127.0.0.1. Each test isolates itself with its
 //! own topic, Redis key prefix and Mongo database, and cleans up after itself.
 
+mod bench;
 mod common;
 mod consumer;
 mod fencing;

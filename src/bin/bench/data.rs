@@ -1,0 +1,64 @@
+//! The benchmark's own data: votes shaped like the ingress's records (20
+//! bands with 3 albums each, both routes, ranks 0..=10, UUIDv7 ids), and the
+//! consumer's batches built from them the way the reader builds them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+use votestream::consumer::batch::{Batcher, Entry, SharedBatch};
+use votestream::vote::{Route, Rules, Vote, VoteRecord};
+
+pub const BANDS: usize = 20;
+pub const ALBUMS_PER_BAND: usize = 3;
+
+/// The `i`-th vote: spread evenly over bands, albums and both routes.
+pub fn vote(i: usize) -> VoteRecord {
+    let band = i % BANDS;
+    let album = (i / BANDS) % ALBUMS_PER_BAND;
+    let route = if i.is_multiple_of(2) { Route::Grpc } else { Route::Http };
+    Vote::new(
+        &format!("Banda {band:02}"),
+        &format!("Álbum {band:02}-{album}"),
+        1980 + (i % 40) as i64,
+        (i % 21) as f64 / 2.0,
+        &Rules::default(),
+    )
+    .expect("generated votes are valid")
+    .stamp(route, Utc::now())
+}
+
+pub fn votes(n: usize) -> Vec<VoteRecord> {
+    (0..n).map(vote).collect()
+}
+
+/// `batches` batches of `batch_size` votes over `partitions` partitions, with
+/// consecutive offsets per partition, as the reader hands them to the sinks.
+pub fn batches(batches: usize, batch_size: usize, partitions: i32, topic: &str) -> Vec<SharedBatch> {
+    let mut batcher = Batcher::new(batch_size, Duration::from_secs(3600));
+    let mut prev = BTreeMap::new();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let now = Instant::now();
+    let mut i = 0;
+    (1..=batches as u64)
+        .map(|seq| {
+            while !batcher.is_full() {
+                let partition = (i % partitions as usize) as i32;
+                let offset = next.entry(partition).or_insert(0);
+                batcher.push(
+                    Entry {
+                        partition,
+                        offset: *offset,
+                        vote: Some(vote(i)),
+                    },
+                    now,
+                );
+                *offset += 1;
+                i += 1;
+            }
+            Arc::new(batcher.take(seq, topic, &mut prev))
+        })
+        .collect()
+}

@@ -1,0 +1,118 @@
+//! Consumer drain: the real `votestream consumer` binary (so its memory is
+//! its own, read from /proc/<pid>/status) drains a pre-produced backlog with a
+//! fresh group, Redis prefix and Mongo database. Drained means every offset
+//! committed up to the high watermarks; then Redis and Mongo are checked to
+//! hold every vote.
+//!
+//! With an outage, the consumer writes to a private FerretDB, which is
+//! killed once a third of the backlog is counted and started again (same
+//! port, same data) after the outage.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use votestream::consumer::mongo_sink;
+
+use crate::stack::{PrivateFerretDb, Stack, free_port, unique};
+
+pub struct Drained {
+    /// From the first batch counted in Redis to the last offset committed.
+    pub votes_per_s: f64,
+    /// From the process start to the first batch counted (group join, connections).
+    pub startup_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+pub struct Outage {
+    pub down_for: Duration,
+}
+
+/// Largest backlog whose logs are counted after the drain.
+const COUNT_LOGS_UP_TO: i64 = 100_000;
+/// How often progress is looked at.
+const POLL: Duration = Duration::from_millis(50);
+/// Committed offsets are asked of the group coordinator less often.
+const COMMITTED_POLL: Duration = Duration::from_millis(250);
+
+pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str) -> anyhow::Result<Drained> {
+    let ends = stack.high_watermarks(topic)?;
+    let expected: i64 = ends.values().sum();
+    let group = unique("drain-group");
+    let prefix = stack.prefix("drain");
+    let mut private = match outage {
+        Some(_) => Some(PrivateFerretDb::start(&stack.scratch)?),
+        None => None,
+    };
+    let (uri, database) = match &private {
+        Some(db) => (db.uri(), unique("drain")),
+        None => (stack.mongodb_uri.clone(), stack.database("drain")),
+    };
+    let committed = stack.committed_reader(&group, topic)?;
+    let mut env = stack.consumer_env(topic, &group, &prefix, &uri, &database);
+    env.push(("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?)));
+    let mut redis = stack.redis().await?;
+
+    let started = Instant::now();
+    let mut consumer = stack.spawn_votestream(&["consumer"], &env, log)?;
+    let mut first_counted = None;
+    let mut outage_pending = outage;
+    let mut last_committed_check = Instant::now();
+    let done = loop {
+        tokio::time::sleep(POLL).await;
+        consumer.ensure_running("the consumer")?;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "the backlog was not drained within an hour"
+        );
+        let total = stack.redis_total(&mut redis, &prefix).await;
+        if first_counted.is_none() && total > 0 {
+            first_counted = Some(Instant::now());
+        }
+        if let (Some(o), Some(db)) = (&outage_pending, private.as_mut())
+            && total >= expected / 3
+        {
+            eprintln!(
+                "  Mongo (private FerretDB) stopped at {total} votes counted, for {:?}",
+                o.down_for
+            );
+            db.stop();
+            tokio::time::sleep(o.down_for).await;
+            db.restart()?;
+            outage_pending = None;
+        }
+        if last_committed_check.elapsed() >= COMMITTED_POLL {
+            last_committed_check = Instant::now();
+            if committed.read()? == ends {
+                break Instant::now();
+            }
+        }
+    };
+    let peak_rss_mib = consumer.peak_rss_mib().context("reading the consumer's VmHWM")?;
+    let status = consumer.terminate()?;
+    anyhow::ensure!(status.success(), "the consumer exited with {status} on SIGTERM");
+
+    let counted = stack.redis_total(&mut redis, &prefix).await;
+    anyhow::ensure!(counted == expected, "Redis counted {counted} of {expected} votes");
+    // Committed offsets already mean Mongo confirmed every batch; counting is a
+    // second look, skipped for big backlogs: FerretDB counts by scanning (~1 min per million).
+    if expected <= COUNT_LOGS_UP_TO {
+        let logs = mongo_sink::client(&uri).await?.database(&database);
+        let logged = logs
+            .collection::<mongodb::bson::Document>("logs")
+            .estimated_document_count()
+            .await? as i64;
+        anyhow::ensure!(logged == expected, "Mongo holds {logged} of {expected} logs");
+    }
+    stack.delete_prefix(&prefix).await;
+    if private.is_none() {
+        stack.drop_database(&database).await;
+    }
+    drop(private);
+
+    let first = first_counted.context("nothing was counted")?;
+    Ok(Drained {
+        votes_per_s: expected as f64 / (done - first).as_secs_f64(),
+        startup_s: (first - started).as_secs_f64(),
+        peak_rss_mib,
+    })
+}
