@@ -10,6 +10,7 @@ pub mod ingress;
 pub mod logs;
 pub mod redis_keys;
 pub mod shutdown;
+pub mod stores;
 pub mod telemetry;
 pub mod vote;
 

@@ -11,11 +11,12 @@ use super::batch::{Batch, PartitionRange};
 
 /// The script's argument: the partitions' ranges and the batch's deltas.
 #[derive(Debug, Default, PartialEq, Serialize)]
-pub struct Deltas {
+pub struct Deltas<'a> {
     /// `[offsets field, prev, first, last]` per partition.
     pub ranges: Vec<(String, i64, i64, i64)>,
     pub total: i64,
-    pub band: HashMap<String, i64>,
+    /// Borrowed from the batch: no allocation per vote for the band.
+    pub band: HashMap<&'a str, i64>,
     pub album: HashMap<String, i64>,
     pub route: HashMap<&'static str, i64>,
     pub rank: HashMap<String, f64>,
@@ -29,7 +30,7 @@ pub fn offsets_field(topic: &str, partition: i32) -> String {
 /// Aggregates `batch`, skipping records at or below `applied[partition]`
 /// (what Redis already counted, learned from an earlier script answer).
 /// Partitions entirely at or below it are left out.
-pub fn aggregate(batch: &Batch, applied: &BTreeMap<i32, i64>) -> Deltas {
+pub fn aggregate<'a>(batch: &'a Batch, applied: &BTreeMap<i32, i64>) -> Deltas<'a> {
     let mut d = Deltas::default();
     for r in &batch.ranges {
         let range = match applied.get(&r.partition) {
@@ -54,10 +55,21 @@ pub fn aggregate(batch: &Batch, applied: &BTreeMap<i32, i64>) -> Deltas {
         }
         let album = vote.album_key();
         d.total += 1;
-        *d.band.entry(vote.name.clone()).or_default() += 1;
+        *d.band.entry(vote.name.as_str()).or_default() += 1;
         *d.route.entry(vote.route.as_str()).or_default() += 1;
-        *d.rank.entry(album.clone()).or_default() += vote.rank;
-        *d.album.entry(album).or_default() += 1;
+        // The album key is copied only the first time the batch sees it.
+        match d.album.get_mut(&album) {
+            Some(count) => *count += 1,
+            None => {
+                d.album.insert(album.clone(), 1);
+            }
+        }
+        match d.rank.get_mut(&album) {
+            Some(sum) => *sum += vote.rank,
+            None => {
+                d.rank.insert(album, vote.rank);
+            }
+        }
     }
     d
 }
@@ -124,7 +136,8 @@ mod tests {
 
     #[test]
     fn a_batch_is_summed_per_band_album_and_route() {
-        let d = aggregate(&batch(), &BTreeMap::new());
+        let batch = batch();
+        let d = aggregate(&batch, &BTreeMap::new());
         assert_eq!(d.total, 3);
         assert_eq!(d.band["Alux Nahual"], 2);
         assert_eq!(d.band["Bohemia Suburbana"], 1);
@@ -140,7 +153,8 @@ mod tests {
 
     #[test]
     fn records_already_applied_are_left_out_and_the_range_narrowed() {
-        let d = aggregate(&batch(), &BTreeMap::from([(0, 11), (1, 3)]));
+        let batch = batch();
+        let d = aggregate(&batch, &BTreeMap::from([(0, 11), (1, 3)]));
         assert_eq!(d.total, 1);
         assert_eq!(d.band["Alux Nahual"], 1);
         assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 9.5);

@@ -9,6 +9,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use prometheus_client::registry::Registry;
 
 use super::metrics::ConsumerMetrics;
+use crate::telemetry;
 
 struct AppState {
     metrics: Arc<ConsumerMetrics>,
@@ -45,11 +46,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-        Ok(()) => HttpResponse::Ok()
-            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .body(text),
-        Err(e) => HttpResponse::InternalServerError().body(format!("cannot encode metrics: {e}\n")),
-    }
+    HttpResponse::Ok()
+        .content_type(telemetry::METRICS_CONTENT_TYPE)
+        .body(telemetry::metrics_text(&state.registry))
 }

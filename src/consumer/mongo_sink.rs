@@ -2,16 +2,16 @@
 //! `insert_many` per batch. The vote id is the `_id`, so a replayed vote hits a
 //! duplicate-key error, which means "already logged", not a failure.
 
-use std::future::Future;
-use std::time::Duration;
-
 use mongodb::bson::{self, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure as MongoWriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::{Client, Collection, IndexModel};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
+use std::future::Future;
 
 use super::batch::{Entry, SharedBatch};
+use super::redis_sink::STORE_TIMEOUT;
 use super::sink::{Sink, SinkActor, WriteFailure, Written};
+use crate::stores::mongo_client;
 use crate::vote::VoteRecord;
 
 pub type MongoLogger = SinkActor<MongoWriter>;
@@ -33,18 +33,9 @@ impl MongoWriter {
     }
 }
 
-/// A client that gives up on an unreachable server within seconds, not the driver's default 30 s.
-pub async fn client(uri: &str) -> mongodb::error::Result<Client> {
-    let mut options = ClientOptions::parse(uri).await?;
-    options.server_selection_timeout = Some(Duration::from_secs(3));
-    options.connect_timeout = Some(Duration::from_secs(3));
-    options.app_name.get_or_insert_with(|| "votestream".into());
-    Client::with_options(options)
-}
-
 /// The `logs` collection, with its `{received_at: -1}` index.
 pub async fn logs_collection(uri: &str, database: &str) -> mongodb::error::Result<Collection<Document>> {
-    let db = client(uri).await?.database(database);
+    let db = mongo_client(uri, "votestream", STORE_TIMEOUT).await?.database(database);
     db.run_command(doc! {"ping": 1}).await?;
     let logs = db.collection::<Document>("logs");
     let index = IndexModel::builder()

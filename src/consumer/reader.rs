@@ -81,11 +81,8 @@ impl ReaderConfig {
 }
 
 pub struct KafkaReader {
-    config: ReaderConfig,
-    redis: Addr<RedisAggregator>,
-    mongo: Addr<MongoLogger>,
-    metrics: Arc<ConsumerMetrics>,
-    shutdown: watch::Receiver<bool>,
+    /// What each incarnation of the read loop starts from.
+    run: ReadLoop,
     /// Told once the reader has drained and committed after shutdown.
     finished: watch::Sender<bool>,
     backoff: Backoff,
@@ -102,11 +99,13 @@ impl KafkaReader {
     ) -> KafkaReader {
         let backoff = Backoff::new(config.backoff_min, config.backoff_max);
         KafkaReader {
-            config,
-            redis,
-            mongo,
-            metrics,
-            shutdown,
+            run: ReadLoop {
+                config,
+                redis,
+                mongo,
+                metrics,
+                shutdown,
+            },
             finished,
             backoff,
         }
@@ -118,13 +117,7 @@ impl Actor for KafkaReader {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let delay = self.backoff.delay();
-        let run = ReadLoop {
-            config: self.config.clone(),
-            redis: self.redis.clone(),
-            mongo: self.mongo.clone(),
-            metrics: self.metrics.clone(),
-            shutdown: self.shutdown.clone(),
-        };
+        let run = self.run.clone();
         ctx.spawn(
             async move {
                 tokio::time::sleep(delay).await;
@@ -138,7 +131,7 @@ impl Actor for KafkaReader {
                 }
                 Err(error) => {
                     tracing::warn!(actor = "kafka_reader", %error, "reader failed; restarting");
-                    ConsumerMetrics::set_up(&act.metrics.kafka_up, false);
+                    ConsumerMetrics::set_up(&act.run.metrics.kafka_up, false);
                     ctx.stop();
                 }
             }),
@@ -148,12 +141,13 @@ impl Actor for KafkaReader {
 
 impl Supervised for KafkaReader {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.metrics.restarted("kafka_reader");
+        self.run.metrics.restarted("kafka_reader");
     }
 }
 
 type InFlight = Pin<Box<dyn Future<Output = (u64, Result<Written, SinkError>, Result<Written, SinkError>)>>>;
 
+#[derive(Clone)]
 struct ReadLoop {
     config: ReaderConfig,
     redis: Addr<RedisAggregator>,

@@ -7,14 +7,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, Script};
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 
 use super::aggregate::{aggregate, offsets_field};
 use super::batch::SharedBatch;
 use super::metrics::ConsumerMetrics;
 use super::sink::{Sink, SinkActor, SinkError, WriteFailure, Written};
 use crate::redis_keys::RedisKeys;
+use crate::stores::redis_pool;
 
 pub type RedisAggregator = SinkActor<RedisWriter>;
 
@@ -40,22 +41,8 @@ impl RedisWriter {
     }
 }
 
-/// A pool whose waits are bounded, so a dead server surfaces as an error fast.
-pub fn pool(url: &str) -> Result<Pool, String> {
-    let mut cfg = deadpool_redis::Config::from_url(url);
-    let timeout = Some(Duration::from_secs(3));
-    cfg.pool = Some(PoolConfig {
-        max_size: 4,
-        timeouts: Timeouts {
-            wait: timeout,
-            create: timeout,
-            recycle: timeout,
-        },
-        ..PoolConfig::default()
-    });
-    cfg.create_pool(Some(Runtime::Tokio1))
-        .map_err(|e| format!("redis pool: {e}"))
-}
+/// How long the sinks wait on a store before treating it as down.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Sink for RedisWriter {
     const NAME: &'static str = "redis_aggregator";
@@ -64,7 +51,7 @@ impl Sink for RedisWriter {
     fn connect(&self) -> impl Future<Output = Result<Pool, String>> + 'static {
         let url = self.url.clone();
         async move {
-            let pool = pool(&url)?;
+            let pool = redis_pool(&url, STORE_TIMEOUT).map_err(|e| format!("redis pool: {e}"))?;
             let mut conn = pool.get().await.map_err(|e| format!("redis: {e}"))?;
             let _: String = redis::cmd("PING")
                 .query_async(&mut conn)

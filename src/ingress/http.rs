@@ -20,7 +20,6 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::intake::{CastError, Intake, Outcome};
-use super::metrics;
 use crate::config::IngressArgs;
 use crate::vote::{Route, Vote, format_instant};
 
@@ -320,6 +319,6 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type(metrics::CONTENT_TYPE)
+        .content_type(crate::telemetry::METRICS_CONTENT_TYPE)
         .body(state.intake.metrics().encode())
 }

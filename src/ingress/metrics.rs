@@ -14,9 +14,6 @@ use prometheus_client::registry::Registry;
 
 use crate::vote::Route;
 
-/// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus reads).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: &'static str,
@@ -139,10 +136,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        crate::telemetry::metrics_text(&self.registry)
     }
 }
 

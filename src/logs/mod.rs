@@ -224,7 +224,7 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
 
 async fn metrics_text(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .content_type(crate::telemetry::METRICS_CONTENT_TYPE)
         .body(state.metrics.encode())
 }
 

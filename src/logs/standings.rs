@@ -6,10 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts, redis};
+use deadpool_redis::{Pool, redis};
 use serde::Serialize;
 
 use super::error::LogsError;
+use crate::redis_keys::RedisKeys;
+use crate::stores::redis_pool;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Standings {
@@ -76,17 +78,9 @@ impl Standings {
     }
 }
 
-struct Keys {
-    total: String,
-    by_band: String,
-    by_album: String,
-    avg_by_album: String,
-    by_route: String,
-}
-
 pub struct StandingsReader {
     pool: Pool,
-    keys: Keys,
+    keys: RedisKeys,
     timeout: Duration,
 }
 
@@ -94,25 +88,9 @@ impl StandingsReader {
     /// Prepares the pool; connections are made on first use, so the app
     /// starts while Redis is down.
     pub fn new(url: &str, key_prefix: &str, timeout: Duration) -> anyhow::Result<StandingsReader> {
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let key = |name: &str| format!("{key_prefix}{name}");
         Ok(StandingsReader {
-            pool: config.create_pool(Some(Runtime::Tokio1))?,
-            keys: Keys {
-                total: key("votes:total"),
-                by_band: key("votes:by_band"),
-                by_album: key("votes:by_album"),
-                avg_by_album: key("rank:avg_by_album"),
-                by_route: key("votes:by_route"),
-            },
+            pool: redis_pool(url, timeout)?,
+            keys: RedisKeys::new(key_prefix),
             timeout,
         })
     }
@@ -133,7 +111,7 @@ impl StandingsReader {
                     .get(&self.keys.total)
                     .hgetall(&self.keys.by_band)
                     .hgetall(&self.keys.by_album)
-                    .hgetall(&self.keys.avg_by_album)
+                    .hgetall(&self.keys.rank_avg_by_album)
                     .hgetall(&self.keys.by_route)
                     .query_async(&mut conn)
                     .await

@@ -11,12 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Collection, Database, IndexModel};
+use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::LogsError;
 use super::query::{Cursor, Filter, LogQuery};
+use crate::stores::mongo_client;
 use crate::vote::format_instant;
 
 /// The collection the consumer writes (DESIGN.md, "MongoDB").
@@ -126,11 +126,7 @@ impl LogStore {
     /// Prepares the client; it connects lazily, so the app starts (and
     /// answers 503) while MongoDB is down, and recovers when it comes back.
     pub async fn new(uri: &str, database: &str, timeout: Duration) -> anyhow::Result<LogStore> {
-        let mut options = ClientOptions::parse(uri).await?;
-        options.app_name = Some("votestream-logs".into());
-        options.server_selection_timeout = Some(timeout);
-        options.connect_timeout = Some(timeout);
-        let db = Client::with_options(options)?.database(database);
+        let db = mongo_client(uri, "votestream-logs", timeout).await?.database(database);
         Ok(LogStore {
             logs: db.collection(COLLECTION),
             db,

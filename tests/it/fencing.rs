@@ -9,9 +9,10 @@ use chrono::Utc;
 use deadpool_redis::redis;
 use votestream::consumer::batch::{Batch, Entry, PartitionRange, SharedBatch};
 use votestream::consumer::metrics::ConsumerMetrics;
-use votestream::consumer::redis_sink::{RedisWriter, pool};
+use votestream::consumer::redis_sink::{RedisWriter, STORE_TIMEOUT};
 use votestream::consumer::sink::{Sink, SinkError, WriteFailure};
 use votestream::redis_keys::RedisKeys;
+use votestream::stores::redis_pool;
 use votestream::vote::{Route, Rules, Vote};
 
 use crate::common::{redis_url, unique};
@@ -55,7 +56,7 @@ impl Fixture {
         let keys = RedisKeys::new(&format!("{}:", unique("fencing")));
         Fixture {
             writer: RedisWriter::new(&redis_url(), keys.clone(), Arc::new(ConsumerMetrics::new())),
-            pool: pool(&redis_url()).unwrap(),
+            pool: redis_pool(&redis_url(), STORE_TIMEOUT).unwrap(),
             keys,
         }
     }

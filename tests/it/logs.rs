@@ -4,7 +4,6 @@
 
 mod browser;
 mod outages;
-mod private_mongo;
 mod results;
 mod stream;
 
@@ -184,28 +183,15 @@ fn ids(page: &Value) -> Vec<String> {
 }
 
 /// Polls `check` until it returns `Some`, up to `PATIENCE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::eventually(what, PATIENCE, check).await
 }
 
-/// A port nothing listens on (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+pub use crate::common::free_port;
 
 #[tokio::test]
 async fn logs_come_back_newest_first_with_utc_date_time_and_instant() {

@@ -21,14 +21,19 @@ fn spawn(cmd: &mut Command, log: &Path) -> Child {
         .expect("spawn server")
 }
 
-fn wait_for_port(port: u16) {
-    for _ in 0..150 {
+/// Waits until `port` accepts connections; panics with the server's log if it exits first.
+fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
+    for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
+        if let Ok(Some(exit)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("the server exited ({exit}) before listening on {port}:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("nothing listens on 127.0.0.1:{port} after 15 s");
+    panic!("nothing listens on 127.0.0.1:{port} after 60 s");
 }
 
 fn kill9(child: &mut Child) {
@@ -60,14 +65,15 @@ impl PrivateRedis {
 
     fn spawn(dir: &Path, port: u16, persistent: bool) -> Child {
         let appendonly = if persistent { "yes" } else { "no" };
-        let child = spawn(
+        let log = dir.join("redis.log");
+        let mut child = spawn(
             Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
                 .args(["--appendonly", appendonly, "--dir"])
                 .arg(dir),
-            &dir.join("redis.log"),
+            &log,
         );
-        wait_for_port(port);
+        wait_for_port(port, &mut child, &log);
         child
     }
 
@@ -110,25 +116,36 @@ impl PrivateMongo {
     }
 
     pub fn start(dir: &Path) -> PrivateMongo {
+        Self::start_on(dir, free_port())
+    }
+
+    /// Starts FerretDB on a port the caller chose (e.g. one an app already points at).
+    pub fn start_on(dir: &Path, port: u16) -> PrivateMongo {
+        let binary = Self::binary();
+        assert!(
+            binary.exists(),
+            "FerretDB is not at {}; `scripts/stack up` installs it",
+            binary.display()
+        );
         let dir = dir.join("ferretdb");
         std::fs::create_dir_all(dir.join("data")).expect("ferretdb dir");
         std::fs::create_dir_all(dir.join("state")).expect("ferretdb dir");
-        let port = free_port();
         let child = Self::spawn(&dir, port);
         PrivateMongo { child, port, dir }
     }
 
     fn spawn(dir: &Path, port: u16) -> Child {
-        let child = spawn(
+        let log = dir.join("ferretdb.log");
+        let mut child = spawn(
             Command::new(Self::binary())
                 .arg("--handler=sqlite")
                 .arg(format!("--sqlite-url=file:{}/", dir.join("data").display()))
                 .arg(format!("--listen-addr=127.0.0.1:{port}"))
                 .arg(format!("--state-dir={}", dir.join("state").display()))
                 .args(["--telemetry=disable", "--debug-addr=-", "--log-level=warn"]),
-            &dir.join("ferretdb.log"),
+            &log,
         );
-        wait_for_port(port);
+        wait_for_port(port, &mut child, &log);
         child
     }
 

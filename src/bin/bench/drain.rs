@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use votestream::consumer::mongo_sink;
 
 use crate::stack::{PrivateFerretDb, Stack, free_port, unique};
 
@@ -96,7 +95,13 @@ pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str
     // Committed offsets already mean Mongo confirmed every batch; counting is a
     // second look, skipped for big backlogs: FerretDB counts by scanning (~1 min per million).
     if expected <= COUNT_LOGS_UP_TO {
-        let logs = mongo_sink::client(&uri).await?.database(&database);
+        let logs = votestream::stores::mongo_client(
+            &uri,
+            "votestream-bench",
+            votestream::consumer::redis_sink::STORE_TIMEOUT,
+        )
+        .await?
+        .database(&database);
         let logged = logs
             .collection::<mongodb::bson::Document>("logs")
             .estimated_document_count()

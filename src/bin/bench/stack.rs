@@ -272,7 +272,9 @@ async fn delete_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
 }
 
 async fn drop_database(uri: &str, name: &str) -> anyhow::Result<()> {
-    let client = votestream::consumer::mongo_sink::client(uri).await?;
+    let client =
+        votestream::stores::mongo_client(uri, "votestream-bench", votestream::consumer::redis_sink::STORE_TIMEOUT)
+            .await?;
     client.database(name).drop().await?;
     Ok(())
 }

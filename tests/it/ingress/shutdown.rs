@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use votestream::proto::{CastVotesRequest, item_result};
 
-use super::support::{assert_record_shape, grpc_vote, records, seed_vote};
+use super::support::{LOCAL_LISTENERS, assert_record_shape, grpc_vote, records, seed_vote};
 use crate::common::{TempTopic, kafka_brokers};
 
 /// The ingress binary, killed when dropped if it is still running.
@@ -28,14 +28,7 @@ impl IngressProcess {
     fn start(topic: &str) -> (IngressProcess, String, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_votestream"))
             .args(["ingress", "--kafka-brokers", &kafka_brokers(), "--votes-topic", topic])
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--http-workers",
-                "2",
-            ])
+            .args(LOCAL_LISTENERS)
             .args(["--shutdown-timeout-secs", "10"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -19,6 +19,16 @@ use votestream::proto::vote_service_client::VoteServiceClient;
 
 use crate::common::unique;
 
+/// Listeners on free ports of 127.0.0.1, with few HTTP workers (2 cores).
+pub const LOCAL_LISTENERS: [&str; 6] = [
+    "--grpc-addr",
+    "127.0.0.1:0",
+    "--http-addr",
+    "127.0.0.1:0",
+    "--http-workers",
+    "2",
+];
+
 /// Settings as `votestream ingress` would parse them: free ports on
 /// 127.0.0.1, the given broker and topic, then `extra` flags.
 pub fn settings(brokers: &str, topic: &str, extra: &[&str]) -> IngressSettings {
@@ -29,13 +39,8 @@ pub fn settings(brokers: &str, topic: &str, extra: &[&str]) -> IngressSettings {
         brokers,
         "--votes-topic",
         topic,
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--http-workers",
-        "2",
     ];
+    args.extend_from_slice(&LOCAL_LISTENERS);
     args.extend_from_slice(extra);
     match Cli::try_parse_from(args).expect("valid ingress flags").command {
         Command::Ingress(settings) => settings,
@@ -233,10 +238,4 @@ pub fn assert_record_shape(record: &Record, route: &str) {
     chrono::DateTime::parse_from_rfc3339(received_at).expect("RFC 3339");
 }
 
-/// A TCP port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+pub use crate::common::free_port;

@@ -5,7 +5,9 @@
 use mongodb::bson::Document;
 use reqwest::StatusCode;
 
-use super::{T0, TestApp, eventually, free_port, ids, log, private_mongo};
+use super::{T0, TestApp, eventually, free_port, ids, log};
+use crate::common::scratch_dir;
+use crate::services::PrivateMongo;
 
 #[tokio::test]
 async fn redis_down_gives_503_with_a_clear_message() {
@@ -33,7 +35,7 @@ async fn mongo_down_gives_503_with_a_clear_message_and_recovers_by_itself() {
     assert_eq!(body, serde_json::json!({"mongodb": "unavailable", "redis": "ok"}));
 
     // MongoDB comes up on that port; the app is not restarted.
-    let mongo = private_mongo::PrivateFerretDb::start(port).await;
+    let mongo = PrivateMongo::start_on(&scratch_dir("logs-outage"), port);
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     let logs = client.database(app.db.name()).collection::<Document>("logs");
     logs.insert_one(log("after-recovery", T0, "La Tona", "Tona", "http"))
