@@ -215,13 +215,16 @@ impl ReaderContext {
         let mut chosen = Vec::new();
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         for p in partitions {
-            let committed_next = committed
-                .as_ref()
-                .and_then(|c| c.find_partition(&self.topic, p))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
+            // Kafka answered but holds no commit for the partition: both sinks confirmed none
+            // of it, so it starts at the beginning (Mongo may lag what Redis counted).
+            let committed_next = committed.as_ref().map(|c| {
+                c.find_partition(&self.topic, p)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            });
             let redis_stored = redis.as_ref().map(|r| r.get(&p).copied().unwrap_or(-1));
             let start = start_offset(redis_stored, committed_next);
             let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(start));
@@ -233,7 +236,8 @@ impl ReaderContext {
 }
 
 /// Where to start a partition: after what Redis counted, but never after what
-/// Kafka knows both sinks wrote (Mongo may be behind Redis).
+/// Kafka knows both sinks wrote (Mongo may be behind Redis). `None` means the
+/// store could not be asked; a partition without a commit is `Some(0)`.
 pub fn start_offset(redis_stored: Option<i64>, committed_next: Option<i64>) -> i64 {
     match (redis_stored, committed_next) {
         (Some(stored), Some(next)) => (stored + 1).min(next),
@@ -658,5 +662,9 @@ mod tests {
         assert_eq!(start_offset(Some(-1), Some(50)), 0);
         // Redis unreachable: Kafka's commit.
         assert_eq!(start_offset(None, Some(50)), 50);
+        // No commit yet (Kafka says 0) while Redis counted some: Mongo may not have them.
+        assert_eq!(start_offset(Some(881), Some(0)), 0);
+        // Kafka unreachable: after what Redis counted.
+        assert_eq!(start_offset(Some(9), None), 10);
     }
 }
