@@ -2,8 +2,10 @@
 
 `votestream all` (the debug build) runs on free ports against the local stack
 with its own topic (6 partitions), consumer group, Redis key prefix and Mongo
-database. Locust drives it headless over both routes, first with single votes
-then with batches, until Redis has counted every vote Locust saw accepted;
+database. Locust drives it headless over both routes, first with single votes,
+then with batches, then with single votes whose HTTP side goes through
+python-requests (locust/requests_user.py), until Redis has counted every vote
+Locust saw accepted;
 then the pipeline gets SIGTERM. The tests read what was recorded; the keys,
 the database and the topic are removed when the session ends.
 
@@ -40,12 +42,18 @@ MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 
 USERS_PER_ROUTE = 3
 SECONDS_PER_RUN = 4
-BATCH_SIZES = (1, 5)  # a run with single votes, then one with batches
+# The Locust runs, one after the other: (file in locust/, HTTP user class, batch size).
+RUNS = (
+    ("locustfile.py", "HttpUser", 1),
+    ("locustfile.py", "HttpUser", 5),
+    ("requests_user.py", "RequestsHttpUser", 1),
+)
 COUNTED_TIMEOUT_S = 60
 
 
 @dataclass
 class LocustRun:
+    label: str  # the file, the HTTP class and the batch size
     batch_size: int
     exit_code: int
     output: str  # Locust's stdout and stderr
@@ -100,8 +108,8 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
             pipeline = subprocess.Popen([str(binary), "all"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(pipeline, run, [f"http://127.0.0.1:{p}/readyz" for p in (http_port, consumer_port)])
-            for batch_size in BATCH_SIZES:
-                run.locust.append(_run_locust(tmp, batch_size, http_port, grpc_port))
+            for locustfile, http_user, batch_size in RUNS:
+                run.locust.append(_run_locust(tmp, locustfile, http_user, batch_size, http_port, grpc_port))
             run.counted = _wait_counted(redis_client, run)
         finally:
             pipeline.send_signal(signal.SIGTERM)
@@ -156,13 +164,14 @@ def _wait_ready(pipeline: subprocess.Popen, run: PipelineRun, urls: list[str], t
         time.sleep(0.25)
 
 
-def _run_locust(tmp: Path, batch_size: int, http_port: int, grpc_port: int) -> LocustRun:
-    tally, stats = tmp / f"tally-{batch_size}.json", tmp / f"stats-{batch_size}"
+def _run_locust(tmp: Path, locustfile: str, http_user: str, batch_size: int, http_port: int, grpc_port: int) -> LocustRun:
+    label = f"{locustfile} GrpcUser {http_user} batch size {batch_size}"
+    tally, stats = tmp / f"tally-{http_user}-{batch_size}.json", tmp / f"stats-{http_user}-{batch_size}"
     users = 2 * USERS_PER_ROUTE
     result = subprocess.run(
         [
             sys.executable, "-m", "locust",
-            "-f", str(ROOT / "locust" / "locustfile.py"),
+            "-f", str(ROOT / "locust" / locustfile),
             "--headless", "--only-summary", "--loglevel", "WARNING",
             "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{SECONDS_PER_RUN}s",
             "--host", f"http://127.0.0.1:{http_port}",
@@ -170,7 +179,7 @@ def _run_locust(tmp: Path, batch_size: int, http_port: int, grpc_port: int) -> L
             "--batch-size", str(batch_size),
             "--tally-file", str(tally),
             "--json-file", str(stats),
-            "GrpcUser", "HttpUser",
+            "GrpcUser", http_user,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -180,6 +189,7 @@ def _run_locust(tmp: Path, batch_size: int, http_port: int, grpc_port: int) -> L
     output = result.stdout + result.stderr
     read = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
     return LocustRun(
+        label=label,
         batch_size=batch_size,
         exit_code=result.returncode,
         output=output,

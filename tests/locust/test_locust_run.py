@@ -11,7 +11,7 @@ from pipeline_run import MONGODB_URI, PipelineRun
 
 def test_locust_votes_over_both_routes_without_a_failure(pipeline_run: PipelineRun):
     for run in pipeline_run.locust:
-        label = f"batch size {run.batch_size}"
+        label = run.label
         assert run.exit_code == 0, f"{label}: locust exited {run.exit_code}:\n{run.output[-3000:]}"
         types = {entry["method"] for entry in run.stats}
         assert types == {"grpc", "POST"}, f"{label}: request types {types}:\n{run.output[-3000:]}"
@@ -23,11 +23,11 @@ def test_locust_votes_over_both_routes_without_a_failure(pipeline_run: PipelineR
 
 
 def test_batches_count_every_vote_they_carry(pipeline_run: PipelineRun):
-    single, batched = pipeline_run.locust
-    for run, size in ((single, 1), (batched, 5)):
+    assert sorted(run.batch_size for run in pipeline_run.locust) == [1, 1, 5]
+    for run in pipeline_run.locust:
         requests = sum(entry["num_requests"] for entry in run.stats)
         votes = run.tally["grpc"]["accepted"] + run.tally["http"]["accepted"]
-        assert votes == size * requests, f"batch size {size}: {votes} votes in {requests} requests"
+        assert votes == run.batch_size * requests, f"{run.label}: {votes} votes in {requests} requests"
 
 
 def test_redis_counts_exactly_the_votes_locust_saw_accepted(pipeline_run: PipelineRun, redis_client):

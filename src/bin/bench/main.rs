@@ -42,11 +42,20 @@ enum Section {
 #[derive(Debug, Parser)]
 #[command(
     name = "votestream-bench",
-    about = "Benchmarks the votestream pipeline against the local stack"
+    about = "Benchmarks the votestream pipeline against the local stack",
+    long_about = "Benchmarks the votestream pipeline against the local stack (`scripts/stack up`) \
+        and the `votestream` binary beside this one; build both with `cargo build --release --bins`. \
+        Measures the raw rates of Kafka, Redis and Mongo with the pipeline's own clients and batch \
+        sizes, the consumer's drain of a backlog and its peak RSS (also with Mongo stopped midway), \
+        the ingress per route, and the end-to-end latency at half the sustainable rate. Prints one \
+        table (the median of --reps runs, each run beside it, and the targets of BENCHMARKS.md) and \
+        writes the same figures as JSON. Everything it creates is removed at the end."
 )]
 struct Args {
+    /// Kafka bootstrap servers, comma-separated.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
+    /// Redis URL (the raw apply runs and the consumer under test use key prefixes of their own).
     #[arg(
         long,
         env = "REDIS_URL",
@@ -54,6 +63,7 @@ struct Args {
         hide_env_values = true
     )]
     redis_url: String,
+    /// MongoDB URI (every run writes to a database of its own, dropped at the end).
     #[arg(
         long,
         env = "MONGODB_URI",
