@@ -5,9 +5,9 @@ with its own topic (6 partitions), consumer group, Redis key prefix and Mongo
 database. Locust drives it headless over both routes, first with single votes,
 then with batches, then with single votes whose HTTP side goes through
 python-requests (locust/requests_user.py), until Redis has counted every vote
-Locust saw accepted;
-then the pipeline gets SIGTERM. The tests read what was recorded; the keys,
-the database and the topic are removed when the session ends.
+Locust saw accepted; then the pipeline gets SIGTERM. The tests read what was
+recorded; the keys, the database and the topic are removed when the session
+ends.
 
 Addresses of the stack: KAFKA_BROKERS, REDIS_URL, MONGODB_URI (defaults: the
 local stack of scripts/stack).
