@@ -63,11 +63,11 @@ class Pipeline:
     reaches this script only, which then stops it with SIGTERM by its PID."""
 
     def __init__(self, binary: Path, log_path: Path):
-        self.listeners = {var: _address(var, *spec) for var, spec in LISTENERS.items()}
-        for var, (bind, _, _) in self.listeners.items():
+        self.listeners = {var: _address(var, default) for var, (default, _) in LISTENERS.items()}
+        for var, (bind, _) in self.listeners.items():
             _check_free(var, bind)
         env = {k: v for k, v in os.environ.items() if k != "PORT"}  # PORT would move the logs app
-        env.update({var: f"{host}:{port}" for var, ((host, port), _, _) in self.listeners.items()})
+        env.update({var: f"{host}:{port}" for var, ((host, port), _) in self.listeners.items()})
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         with open(log_path, "ab") as log:
@@ -116,13 +116,13 @@ class Pipeline:
             say(f"[demo] votestream did not stop within {STOP_TIMEOUT_S} s; killed it")
 
 
-def _address(var: str, default: str, _label: str) -> tuple[tuple[str, int], str, str]:
-    """(bind address, address to connect to, label) of one listener."""
+def _address(var: str, default: str) -> tuple[tuple[str, int], str]:
+    """(bind address, address to connect to) of one listener."""
     value = os.environ.get(var, default)
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
     connect = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    return (host, int(port)), f"{connect}:{port}", value
+    return (host, int(port)), f"{connect}:{port}"
 
 
 def _check_free(var: str, bind: tuple[str, int]) -> None:

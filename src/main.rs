@@ -1,14 +1,12 @@
 //! The `votestream` binary: parses the command line and runs one subcommand.
 
-use std::future::Future;
-
 use anyhow::Context as _;
 use clap::Parser;
 use tokio::sync::watch;
 use votestream::config::{AllSettings, Cli, Command};
 use votestream::ingress::Ingress;
 use votestream::logs::LogsApp;
-use votestream::shutdown;
+use votestream::shutdown::{self, stop_all_after};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -38,7 +36,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn all(settings: AllSettings) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let consumer_settings = settings.consumer();
-    let consumer_stop = until_stopped(stopped.clone());
+    let consumer_stop = shutdown::stopped(stopped.clone());
     let consumer = std::thread::Builder::new()
         .name("consumer".into())
         .spawn(move || votestream::consumer::run(consumer_settings, consumer_stop))?;
@@ -53,8 +51,8 @@ fn all(settings: AllSettings) -> anyhow::Result<()> {
         });
         // Whichever server ends first (signal or failure) stops the others.
         let (ingress, logs) = tokio::join!(
-            stop_all_after(stop.clone(), ingress.run(until_stopped(stopped.clone()))),
-            stop_all_after(stop.clone(), logs.run(until_stopped(stopped.clone()))),
+            stop_all_after(stop.clone(), ingress.run(shutdown::stopped(stopped.clone()))),
+            stop_all_after(stop.clone(), logs.run(shutdown::stopped(stopped.clone()))),
         );
         ingress.context("ingress").and(logs.context("logs"))
     });
@@ -64,14 +62,4 @@ fn all(settings: AllSettings) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
     served.and(consumer.context("consumer"))
-}
-
-async fn stop_all_after<T>(stop: watch::Sender<bool>, run: impl Future<Output = T>) -> T {
-    let result = run.await;
-    let _ = stop.send(true);
-    result
-}
-
-async fn until_stopped(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|s| *s).await;
 }

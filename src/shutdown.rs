@@ -1,5 +1,24 @@
 //! Shutdown signals: every server takes a future that resolves when it should
-//! stop, so tests pass their own and the binary passes [`signal`].
+//! stop, so tests pass their own and the binary passes [`signal`]. Servers
+//! that run together share a `watch` flag: [`stop_all_after`] sets it when one
+//! ends, [`stopped`] is the others' signal.
+
+use std::future::Future;
+
+use tokio::sync::watch;
+
+/// Resolves once `stop` turns true, or when every sender is gone.
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Runs `run`; when it ends, for whatever reason, sets `stop` so that the
+/// servers waiting on it stop too.
+pub async fn stop_all_after<T>(stop: watch::Sender<bool>, run: impl Future<Output = T>) -> T {
+    let result = run.await;
+    stop.send_replace(true);
+    result
+}
 
 /// Resolves on SIGTERM (Kubernetes, Cloud Run) or SIGINT (Ctrl-C).
 pub async fn signal() {

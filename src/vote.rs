@@ -92,7 +92,8 @@ pub struct Vote {
 }
 
 impl Vote {
-    /// Validates typed fields, as the gRPC route receives them.
+    /// Validates typed fields (a decoded Kafka record, the benchmark's data);
+    /// the routes use [`Vote::from_json`] and [`Vote::from_fields`].
     pub fn new(name: &str, album: &str, year: i64, rank: f64, rules: &Rules) -> Result<Vote, FieldError> {
         Ok(Vote {
             name: text("name", name)?,
@@ -219,6 +220,8 @@ pub enum Route {
 }
 
 impl Route {
+    pub const ALL: [Route; 2] = [Route::Grpc, Route::Http];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Grpc => "grpc",
@@ -264,7 +267,16 @@ impl VoteRecord {
 
     /// `"<band> / <album>"`, the field of the per-album Redis hashes.
     pub fn album_key(&self) -> String {
-        format!("{} / {}", self.name, self.album)
+        let mut key = String::new();
+        self.write_album_key(&mut key);
+        key
+    }
+
+    /// Appends [`Self::album_key`] to `out` (to reuse one buffer over a batch).
+    pub fn write_album_key(&self, out: &mut String) {
+        out.push_str(&self.name);
+        out.push_str(" / ");
+        out.push_str(&self.album);
     }
 }
 
@@ -289,7 +301,9 @@ mod rfc3339_millis {
     }
 }
 
-fn text(field: &'static str, raw: &str) -> Result<String, FieldError> {
+/// A band or album name: trimmed, not empty, at most [`MAX_NAME_CHARS`]
+/// characters, no control characters.
+pub(crate) fn text(field: &'static str, raw: &str) -> Result<String, FieldError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
         return Err(FieldError::new(field, Problem::Empty, "must not be empty"));
@@ -339,7 +353,8 @@ fn rank_in_range(rank: f64, rules: &Rules) -> Result<f64, FieldError> {
     Ok(rank)
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// What a JSON value is, for error messages ("a number", "null", ...).
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

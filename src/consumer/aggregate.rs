@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::batch::{Batch, PartitionRange};
+use super::batch::{Batch, Entry, PartitionRange};
+use crate::vote::VoteRecord;
 
 /// The script's argument: the partitions' ranges and the batch's deltas.
 #[derive(Debug, Default, PartialEq, Serialize)]
@@ -25,6 +26,23 @@ pub struct Deltas<'a> {
 /// The `consumer:offsets` field of a partition.
 pub fn offsets_field(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
+}
+
+/// The partition of a `consumer:offsets` field of `topic`: the inverse of
+/// [`offsets_field`] (`None` for another topic's field).
+pub fn offsets_partition(topic: &str, field: &str) -> Option<i32> {
+    field.strip_prefix(topic)?.strip_prefix('/')?.parse().ok()
+}
+
+/// The votes of `batch` that Redis has not counted yet: those above
+/// `applied[partition]` (all of them for a partition not in `applied`).
+pub fn unapplied<'a, 'b>(
+    batch: &'a Batch,
+    applied: &'b BTreeMap<i32, i64>,
+) -> impl Iterator<Item = (&'a Entry, &'a VoteRecord)> + use<'a, 'b> {
+    batch
+        .votes()
+        .filter(|(entry, _)| applied.get(&entry.partition).is_none_or(|&done| entry.offset > done))
 }
 
 /// Aggregates `batch`, skipping records at or below `applied[partition]`
@@ -49,25 +67,25 @@ pub fn aggregate<'a>(batch: &'a Batch, applied: &BTreeMap<i32, i64>) -> Deltas<'
             range.last,
         ));
     }
-    for (entry, vote) in batch.votes() {
-        if applied.get(&entry.partition).is_some_and(|&done| entry.offset <= done) {
-            continue;
-        }
-        let album = vote.album_key();
+    // One buffer for the album key: it is allocated anew only the first time
+    // the batch sees an album.
+    let mut album = String::new();
+    for (_, vote) in unapplied(batch, applied) {
+        album.clear();
+        vote.write_album_key(&mut album);
         d.total += 1;
         *d.band.entry(vote.name.as_str()).or_default() += 1;
         *d.route.entry(vote.route.as_str()).or_default() += 1;
-        // The album key is copied only the first time the batch sees it.
-        match d.album.get_mut(&album) {
+        match d.album.get_mut(album.as_str()) {
             Some(count) => *count += 1,
             None => {
                 d.album.insert(album.clone(), 1);
             }
         }
-        match d.rank.get_mut(&album) {
+        match d.rank.get_mut(album.as_str()) {
             Some(sum) => *sum += vote.rank,
             None => {
-                d.rank.insert(album, vote.rank);
+                d.rank.insert(album.clone(), vote.rank);
             }
         }
     }
@@ -160,5 +178,13 @@ mod tests {
         assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 9.5);
         assert!(!d.band.contains_key("Bohemia Suburbana"));
         assert_eq!(d.ranges, vec![("votes/0".into(), 11, 12, 12)]);
+    }
+
+    #[test]
+    fn an_offsets_field_gives_back_its_partition_for_its_topic_only() {
+        assert_eq!(offsets_partition("votes", &offsets_field("votes", 4)), Some(4));
+        assert_eq!(offsets_partition("votes", "votes.dlq/4"), None);
+        assert_eq!(offsets_partition("votes", "other/4"), None);
+        assert_eq!(offsets_partition("votes", "votes/x"), None);
     }
 }

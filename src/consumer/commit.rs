@@ -49,7 +49,8 @@ impl CommitTracker {
         self.pending.clear();
     }
 
-    pub fn owns(&self, partition: i32) -> bool {
+    #[cfg(test)]
+    fn owns(&self, partition: i32) -> bool {
         self.pending.contains_key(&partition)
     }
 }

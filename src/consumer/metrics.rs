@@ -57,7 +57,7 @@ impl ConsumerMetrics {
         }
     }
 
-    pub fn register(self: &std::sync::Arc<Self>, registry: &mut Registry) {
+    pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("votestream_consumer");
         r.register("records_read", "Kafka records read", self.records_read.clone());
         r.register(

@@ -23,7 +23,6 @@ pub mod sink;
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::Supervisor;
 use anyhow::Context as _;
@@ -31,12 +30,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::config::ConsumerSettings;
-use crate::redis_keys::RedisKeys;
 use metrics::ConsumerMetrics;
 use mongo_sink::{MongoLogger, MongoWriter};
 use reader::{KafkaReader, ReaderConfig};
 use redis_sink::{RedisAggregator, RedisWriter};
-use sink::Backoff;
 
 /// Runs the consumer until `shutdown` resolves, then drains in-flight
 /// batches, commits and returns. Blocks the calling thread (it owns an actix System).
@@ -59,33 +56,25 @@ async fn serve(
     let server_handle = server.handle();
     actix::spawn(server);
 
-    let c = &settings.consumer;
-    let backoff = Backoff::new(
-        Duration::from_millis(c.restart_backoff_min_ms),
-        Duration::from_millis(c.restart_backoff_max_ms),
-    );
-    let capacity = c.mailbox_capacity.max(1);
-    let keys = RedisKeys::new(&settings.redis.redis_key_prefix);
+    // The sinks' mailboxes hold what the reader may have in flight (see sink.rs).
+    let config = ReaderConfig::from_settings(&settings);
     let redis = RedisAggregator::new(
-        RedisWriter::new(&settings.redis.redis_url, keys, metrics.clone()),
-        capacity,
-        backoff.clone(),
+        RedisWriter::new(&settings.redis.redis_url, config.keys.clone(), metrics.clone()),
+        config.max_in_flight,
+        config.backoff.clone(),
         metrics.clone(),
-        |m| &m.redis_up,
     )
     .start_supervised();
     let mongo = MongoLogger::new(
         MongoWriter::new(&settings.mongo.mongodb_uri, &settings.mongo.mongodb_database),
-        capacity,
-        backoff,
+        config.max_in_flight,
+        config.backoff.clone(),
         metrics.clone(),
-        |m| &m.mongo_up,
     )
     .start_supervised();
 
     let (stop, stop_rx) = watch::channel(false);
     let (finished_tx, mut finished) = watch::channel(false);
-    let config = ReaderConfig::from_settings(&settings);
     let reader_metrics = metrics.clone();
     let _reader =
         Supervisor::start(move |_| KafkaReader::new(config, redis, mongo, reader_metrics, stop_rx, finished_tx));

@@ -7,11 +7,12 @@ use mongodb::error::{ErrorKind, WriteFailure as MongoWriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 
 use super::batch::{Entry, SharedBatch};
-use super::redis_sink::STORE_TIMEOUT;
+use super::metrics::ConsumerMetrics;
 use super::sink::{Sink, SinkActor, WriteFailure, Written};
-use crate::stores::mongo_client;
+use crate::stores::{LOGS_COLLECTION, STORE_TIMEOUT, mongo_client};
 use crate::vote::VoteRecord;
 
 pub type MongoLogger = SinkActor<MongoWriter>;
@@ -37,7 +38,7 @@ impl MongoWriter {
 pub async fn logs_collection(uri: &str, database: &str) -> mongodb::error::Result<Collection<Document>> {
     let db = mongo_client(uri, "votestream", STORE_TIMEOUT).await?.database(database);
     db.run_command(doc! {"ping": 1}).await?;
-    let logs = db.collection::<Document>("logs");
+    let logs = db.collection::<Document>(LOGS_COLLECTION);
     let index = IndexModel::builder()
         .keys(doc! {"received_at": -1})
         .options(IndexOptions::builder().name("received_at_desc".to_owned()).build())
@@ -64,6 +65,10 @@ pub fn log_document(entry: &Entry, vote: &VoteRecord, logged_at: bson::DateTime)
 impl Sink for MongoWriter {
     const NAME: &'static str = "mongo_logger";
     type Conn = Collection<Document>;
+
+    fn up_flag(metrics: &ConsumerMetrics) -> &AtomicBool {
+        &metrics.mongo_up
+    }
 
     fn connect(&self) -> impl Future<Output = Result<Collection<Document>, String>> + 'static {
         let (uri, database) = (self.uri.clone(), self.database.clone());

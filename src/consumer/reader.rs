@@ -57,8 +57,8 @@ pub struct ReaderConfig {
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
     pub max_in_flight: usize,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
+    /// Before each restart of the reader and each retry of a dead letter; the sinks' too.
+    pub backoff: Backoff,
 }
 
 impl ReaderConfig {
@@ -74,8 +74,10 @@ impl ReaderConfig {
             batch_max_records: s.consumer.batch_max_records,
             batch_max_wait: Duration::from_millis(s.consumer.batch_max_wait_ms),
             max_in_flight: s.consumer.mailbox_capacity.max(1),
-            backoff_min: Duration::from_millis(s.consumer.restart_backoff_min_ms),
-            backoff_max: Duration::from_millis(s.consumer.restart_backoff_max_ms),
+            backoff: Backoff::new(
+                Duration::from_millis(s.consumer.restart_backoff_min_ms),
+                Duration::from_millis(s.consumer.restart_backoff_max_ms),
+            ),
         }
     }
 }
@@ -97,7 +99,7 @@ impl KafkaReader {
         shutdown: watch::Receiver<bool>,
         finished: watch::Sender<bool>,
     ) -> KafkaReader {
-        let backoff = Backoff::new(config.backoff_min, config.backoff_max);
+        let backoff = config.backoff.clone();
         KafkaReader {
             run: ReadLoop {
                 config,
@@ -381,7 +383,7 @@ impl ReadLoop {
             });
         let key = format!("{}/{}/{}", msg.topic(), partition, offset);
         let payload = msg.payload().unwrap_or_default();
-        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        let mut backoff = self.config.backoff.clone();
         loop {
             let record = FutureRecord::to(&self.config.dlq_topic)
                 .key(&key)
@@ -432,7 +434,7 @@ impl ReadLoop {
             (Ok(_), Ok(_)) => {
                 let advanced = st.tracker.confirmed(seq);
                 if !advanced.is_empty() {
-                    st.committable.extend(advanced.iter().map(|(&p, &o)| (p, o)));
+                    st.committable.extend(&advanced);
                     self.commit(consumer, &advanced, CommitMode::Async);
                 }
             }
@@ -504,8 +506,7 @@ impl ReadLoop {
             tracing::warn!("sinks did not finish within {DRAIN_TIMEOUT:?}; those batches will be read again");
         }
         if !st.committable.is_empty() {
-            let committable = st.committable.clone();
-            self.commit(consumer, &committable, CommitMode::Sync);
+            self.commit(consumer, &st.committable, CommitMode::Sync);
         }
         tracing::info!(committed = ?st.committable, "reader drained");
     }

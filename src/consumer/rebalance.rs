@@ -13,6 +13,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
+use super::aggregate::offsets_partition;
 use super::metrics::ConsumerMetrics;
 use crate::redis_keys::RedisKeys;
 
@@ -51,10 +52,9 @@ impl ReaderContext {
             .get_connection_with_timeout(Duration::from_secs(2))
             .map_err(|e| e.to_string())?;
         let stored: BTreeMap<String, i64> = conn.hgetall(&self.keys.offsets).map_err(|e| e.to_string())?;
-        let prefix = format!("{}/", self.topic);
         Ok(stored
             .into_iter()
-            .filter_map(|(field, offset)| Some((field.strip_prefix(&prefix)?.parse().ok()?, offset)))
+            .filter_map(|(field, offset)| Some((offsets_partition(&self.topic, &field)?, offset)))
             .collect())
     }
 

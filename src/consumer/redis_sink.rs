@@ -5,17 +5,17 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, Script};
 
-use super::aggregate::{aggregate, offsets_field};
+use super::aggregate::{aggregate, offsets_partition, unapplied};
 use super::batch::SharedBatch;
 use super::metrics::ConsumerMetrics;
 use super::sink::{Sink, SinkActor, SinkError, WriteFailure, Written};
 use crate::redis_keys::RedisKeys;
-use crate::stores::redis_pool;
+use crate::stores::{STORE_TIMEOUT, redis_pool};
 
 pub type RedisAggregator = SinkActor<RedisWriter>;
 
@@ -41,12 +41,13 @@ impl RedisWriter {
     }
 }
 
-/// How long the sinks wait on a store before treating it as down.
-pub const STORE_TIMEOUT: Duration = Duration::from_secs(3);
-
 impl Sink for RedisWriter {
     const NAME: &'static str = "redis_aggregator";
     type Conn = Pool;
+
+    fn up_flag(metrics: &ConsumerMetrics) -> &AtomicBool {
+        &metrics.redis_up
+    }
 
     fn connect(&self) -> impl Future<Output = Result<Pool, String>> + 'static {
         let url = self.url.clone();
@@ -90,12 +91,10 @@ impl Sink for RedisWriter {
                     }
                     Reply::Adjust(stored) => {
                         for (field, offset) in stored {
-                            if let Some(r) = batch
-                                .ranges
-                                .iter()
-                                .find(|r| offsets_field(&batch.topic, r.partition) == field)
-                            {
-                                applied.insert(r.partition, offset);
+                            let partition = offsets_partition(&batch.topic, &field)
+                                .filter(|p| batch.ranges.iter().any(|r| r.partition == *p));
+                            if let Some(partition) = partition {
+                                applied.insert(partition, offset);
                             }
                         }
                     }
@@ -113,11 +112,9 @@ impl Sink for RedisWriter {
 
 fn record_latency(metrics: &ConsumerMetrics, batch: &SharedBatch, applied: &BTreeMap<i32, i64>) {
     let now = chrono::Utc::now();
-    for (entry, vote) in batch.votes() {
-        if applied.get(&entry.partition).is_none_or(|&done| entry.offset > done) {
-            let ms = (now - vote.received_at).num_milliseconds().max(0);
-            metrics.end_to_end_seconds.observe(ms as f64 / 1000.0);
-        }
+    for (_, vote) in unapplied(batch, applied) {
+        let ms = (now - vote.received_at).num_milliseconds().max(0);
+        metrics.end_to_end_seconds.observe(ms as f64 / 1000.0);
     }
 }
 

@@ -44,6 +44,8 @@ pub enum WriteFailure {
 pub trait Sink: Unpin + 'static {
     /// The actor's name in logs and metrics.
     const NAME: &'static str;
+    /// The readiness flag of this sink's store (`/readyz`).
+    fn up_flag(metrics: &ConsumerMetrics) -> &AtomicBool;
     type Conn: Clone + Unpin + 'static;
     fn connect(&self) -> impl Future<Output = Result<Self::Conn, String>> + 'static;
     fn write(
@@ -98,17 +100,10 @@ pub struct SinkActor<S: Sink> {
     backoff: Backoff,
     capacity: usize,
     metrics: Arc<ConsumerMetrics>,
-    up: fn(&ConsumerMetrics) -> &AtomicBool,
 }
 
 impl<S: Sink> SinkActor<S> {
-    pub fn new(
-        sink: S,
-        capacity: usize,
-        backoff: Backoff,
-        metrics: Arc<ConsumerMetrics>,
-        up: fn(&ConsumerMetrics) -> &AtomicBool,
-    ) -> Self {
+    pub fn new(sink: S, capacity: usize, backoff: Backoff, metrics: Arc<ConsumerMetrics>) -> Self {
         SinkActor {
             sink,
             conn: None,
@@ -116,7 +111,6 @@ impl<S: Sink> SinkActor<S> {
             backoff,
             capacity,
             metrics,
-            up,
         }
     }
 
@@ -126,7 +120,7 @@ impl<S: Sink> SinkActor<S> {
     }
 
     fn set_up(&self, up: bool) {
-        ConsumerMetrics::set_up((self.up)(&self.metrics), up);
+        ConsumerMetrics::set_up(S::up_flag(&self.metrics), up);
     }
 
     /// Writes one batch, holding the mailbox until it is done.

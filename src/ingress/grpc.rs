@@ -53,14 +53,6 @@ impl VoteApi {
             self.intake.rules(),
         )
     }
-
-    /// Counts a request refused whole, then hands the error on.
-    fn refused(&self, e: CastError) -> Status {
-        if let Some(reason) = e.refusal_reason() {
-            self.intake.metrics().request_refused(Route::Grpc, reason);
-        }
-        e.into()
-    }
 }
 
 fn accepted(record: &VoteRecord) -> CastVoteReply {
@@ -74,21 +66,13 @@ fn accepted(record: &VoteRecord) -> CastVoteReply {
 impl VoteService for VoteApi {
     async fn cast_vote(&self, request: Request<proto::Vote>) -> Result<Response<CastVoteReply>, Status> {
         let vote = self.validate(request.get_ref());
-        let record = self
-            .intake
-            .cast_one(Route::Grpc, vote)
-            .await
-            .map_err(|e| self.refused(e))?;
+        let record = self.intake.cast_one(Route::Grpc, vote).await?;
         Ok(Response::new(accepted(&record)))
     }
 
     async fn cast_votes(&self, request: Request<CastVotesRequest>) -> Result<Response<CastVotesReply>, Status> {
         let votes = request.get_ref().votes.iter().map(|v| self.validate(v));
-        let outcomes = self
-            .intake
-            .cast_batch(Route::Grpc, votes)
-            .await
-            .map_err(|e| self.refused(e))?;
+        let outcomes = self.intake.cast_batch(Route::Grpc, votes).await?;
         let mut reply = CastVotesReply::default();
         for (index, outcome) in outcomes.into_iter().enumerate() {
             let outcome = match outcome {

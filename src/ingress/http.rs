@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::intake::{CastError, Intake, Outcome};
 use crate::config::IngressArgs;
-use crate::vote::{Route, Vote, format_instant};
+use crate::vote::{Route, Vote, format_instant, kind_of};
 
 /// Why `POST /votes` was not (wholly) accepted, with its HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +56,11 @@ impl HttpError {
         }
     }
 
-    /// The metrics label when the request is refused before any vote was counted.
+    /// The metrics label when the request is refused before any vote was
+    /// counted; `None` for what the intake counted itself (votes, batch length).
     fn refusal_reason(&self) -> Option<&'static str> {
         match self {
-            HttpError::Cast(e) => e.refusal_reason(),
+            HttpError::Cast(_) => None,
             other => Some(other.code()),
         }
     }
@@ -248,10 +249,7 @@ async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -
             let outcomes = state.intake.cast_batch(Route::Http, votes).await?;
             Ok(HttpResponse::Ok().json(BatchReply::new(outcomes)))
         }
-        Value::Null => Err(HttpError::NotObjectOrArray("null")),
-        Value::Bool(_) => Err(HttpError::NotObjectOrArray("a boolean")),
-        Value::Number(_) => Err(HttpError::NotObjectOrArray("a number")),
-        Value::String(_) => Err(HttpError::NotObjectOrArray("a string")),
+        other => Err(HttpError::NotObjectOrArray(kind_of(other))),
     }
 }
 

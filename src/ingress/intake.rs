@@ -4,8 +4,6 @@
 //! The routes only translate requests in and outcomes out, so gRPC and HTTP
 //! cannot drift apart.
 
-use std::sync::Arc;
-
 use chrono::Utc;
 
 use super::metrics::Metrics;
@@ -26,18 +24,6 @@ pub enum CastError {
     Unavailable(ProduceError),
 }
 
-impl CastError {
-    /// The metrics label when the request is refused whole before any vote is
-    /// looked at; `None` when the votes themselves were counted.
-    pub fn refusal_reason(&self) -> Option<&'static str> {
-        match self {
-            CastError::BatchTooLong { .. } => Some("batch_too_long"),
-            CastError::EmptyBatch => Some("empty_batch"),
-            CastError::Invalid(_) | CastError::Unavailable(_) => None,
-        }
-    }
-}
-
 /// The fate of one item of a batch.
 #[derive(Debug)]
 pub enum Outcome {
@@ -49,13 +35,13 @@ pub enum Outcome {
 
 pub struct Intake {
     producer: VoteProducer,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
     rules: Rules,
     max_batch: usize,
 }
 
 impl Intake {
-    pub fn new(producer: VoteProducer, metrics: Arc<Metrics>, rules: Rules, max_batch: usize) -> Intake {
+    pub fn new(producer: VoteProducer, metrics: Metrics, rules: Rules, max_batch: usize) -> Intake {
         Intake {
             producer,
             metrics,
@@ -76,15 +62,21 @@ impl Intake {
         &self.producer
     }
 
-    fn check_batch_len(&self, len: usize) -> Result<(), CastError> {
-        match len {
-            0 => Err(CastError::EmptyBatch),
-            len if len > self.max_batch => Err(CastError::BatchTooLong {
-                len,
-                max: self.max_batch,
-            }),
-            _ => Ok(()),
-        }
+    /// Refuses (and counts as refused) an empty or over-long batch.
+    fn check_batch_len(&self, route: Route, len: usize) -> Result<(), CastError> {
+        let (refused, reason) = match len {
+            0 => (CastError::EmptyBatch, "empty_batch"),
+            len if len > self.max_batch => (
+                CastError::BatchTooLong {
+                    len,
+                    max: self.max_batch,
+                },
+                "batch_too_long",
+            ),
+            _ => return Ok(()),
+        };
+        self.metrics.request_refused(route, reason);
+        Err(refused)
     }
 
     /// One vote: produced if valid; the record once Kafka has it.
@@ -118,7 +110,7 @@ impl Intake {
     where
         I: ExactSizeIterator<Item = Result<Vote, FieldError>>,
     {
-        self.check_batch_len(votes.len())?;
+        self.check_batch_len(route, votes.len())?;
         let received_at = Utc::now();
         let items: Vec<Result<VoteRecord, FieldError>> =
             votes.map(|vote| vote.map(|v| v.stamp(route, received_at))).collect();

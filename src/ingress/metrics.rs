@@ -30,11 +30,18 @@ type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    accepted: Family<RouteLabel, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     requests_refused: Family<ReasonLabels, Counter>,
     produce_latency: HistogramFamily,
-    in_flight: Family<RouteLabel, Gauge>,
+    /// The per-route series of `votes_accepted` and `votes_in_flight`, in
+    /// [`Route::ALL`] order: created at start and looked up once, not per vote.
+    by_route: [RouteSeries; 2],
+}
+
+#[derive(Debug)]
+struct RouteSeries {
+    accepted: Counter,
+    in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,19 +56,28 @@ impl Metrics {
             // 1 ms .. ~16 s: linger adds a few ms; a timeout shows as the top buckets.
             Histogram::new(exponential_buckets(0.001, 2.0, 15))
         }
+        let accepted = Family::<RouteLabel, Counter>::default();
+        let in_flight = Family::<RouteLabel, Gauge>::default();
+        // Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
+        let by_route = Route::ALL.map(|route| {
+            let label = RouteLabel { route: route.as_str() };
+            RouteSeries {
+                accepted: accepted.get_or_create(&label).clone(),
+                in_flight: in_flight.get_or_create(&label).clone(),
+            }
+        });
         let mut metrics = Metrics {
             registry: Registry::with_prefix("votestream_ingress"),
-            accepted: Family::default(),
             rejected: Family::default(),
             requests_refused: Family::default(),
             produce_latency: Family::new_with_constructor(latency_histogram),
-            in_flight: Family::default(),
+            by_route,
         };
         let registry = &mut metrics.registry;
         registry.register(
             "votes_accepted",
             "Votes acknowledged by Kafka and reported accepted",
-            metrics.accepted.clone(),
+            accepted,
         );
         registry.register(
             "votes_rejected",
@@ -81,21 +97,20 @@ impl Metrics {
         registry.register(
             "votes_in_flight",
             "Votes handed to the producer and not yet acknowledged or failed",
-            metrics.in_flight.clone(),
+            in_flight,
         );
-        // Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
-        for route in [Route::Grpc, Route::Http] {
-            let label = RouteLabel { route: route.as_str() };
-            let _ = metrics.accepted.get_or_create(&label);
-            let _ = metrics.in_flight.get_or_create(&label);
-        }
         metrics
     }
 
+    fn series(&self, route: Route) -> &RouteSeries {
+        match route {
+            Route::Grpc => &self.by_route[0],
+            Route::Http => &self.by_route[1],
+        }
+    }
+
     pub fn accepted(&self, route: Route, votes: u64) {
-        self.accepted
-            .get_or_create(&RouteLabel { route: route.as_str() })
-            .inc_by(votes);
+        self.series(route).accepted.inc_by(votes);
     }
 
     pub fn rejected(&self, route: Route, reason: &'static str) {
@@ -125,10 +140,7 @@ impl Metrics {
     /// Counts `votes` as in flight until the returned guard drops, so a
     /// request cancelled mid-produce (client gone, shutdown) still decrements.
     pub fn in_flight(&self, route: Route, votes: usize) -> InFlight {
-        let gauge = self
-            .in_flight
-            .get_or_create(&RouteLabel { route: route.as_str() })
-            .clone();
+        let gauge = self.series(route).in_flight.clone();
         let votes = i64::try_from(votes).unwrap_or(i64::MAX);
         gauge.inc_by(votes);
         InFlight { gauge, votes }

@@ -23,6 +23,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::{IngressArgs, IngressSettings};
+use crate::shutdown::{stop_all_after, stopped};
 use intake::Intake;
 use metrics::Metrics;
 use producer::VoteProducer;
@@ -44,12 +45,7 @@ impl Ingress {
             "--no-grpc and --no-http-votes together leave no way to send a vote"
         );
         let producer = VoteProducer::new(&settings.kafka, &args.producer).context("creating the Kafka producer")?;
-        let intake = Intake::new(
-            producer,
-            Arc::new(Metrics::new()),
-            settings.rules.rules(),
-            args.max_batch,
-        );
+        let intake = Intake::new(producer, Metrics::new(), settings.rules.rules(), args.max_batch);
         let http = TcpListener::bind(args.http_addr).context("binding the HTTP listener")?;
         let http_addr = http.local_addr()?;
         let grpc = match args.no_grpc {
@@ -98,7 +94,7 @@ impl Ingress {
         let (stop, stopping) = watch::channel(false);
         let http = http::server(self.http, self.intake.clone(), &self.args, stopped(stopping.clone()))
             .context("starting the HTTP server")?;
-        let http = tokio::spawn(stop_all_when_done(stop.clone(), async move {
+        let http = tokio::spawn(stop_all_after(stop.clone(), async move {
             http.await.context("HTTP server")
         }));
         let grpc = match self.grpc {
@@ -112,7 +108,7 @@ impl Ingress {
                     stopped(stopping.clone()),
                 );
                 let drain = bounded_drain(serve, stopping.clone(), self.args.shutdown_timeout());
-                Some(tokio::spawn(stop_all_when_done(stop.clone(), drain)))
+                Some(tokio::spawn(stop_all_after(stop.clone(), drain)))
             }
         };
 
@@ -145,16 +141,6 @@ impl Ingress {
     }
 }
 
-/// Runs a server; when it ends, for whatever reason, tells the other one to stop too.
-async fn stop_all_when_done(
-    stop: watch::Sender<bool>,
-    server: impl Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<()> {
-    let result = server.await;
-    stop.send_replace(true);
-    result
-}
-
 /// tonic's graceful shutdown waits for every connection to close; a client
 /// that keeps one open must not hold the process past the grace period.
 async fn bounded_drain(
@@ -169,9 +155,4 @@ async fn bounded_drain(
             Ok(())
         }
     }
-}
-
-/// Resolves once `stopping` turns true, or when every sender is gone.
-async fn stopped(mut stopping: watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
 }

@@ -28,6 +28,14 @@ impl LogsError {
         LogsError::BadRequest(message.into())
     }
 
+    /// A log document this app cannot read.
+    pub fn bad_document(detail: String) -> Self {
+        LogsError::Internal {
+            message: "a log document is not in the documented shape",
+            detail,
+        }
+    }
+
     /// Classifies a MongoDB error. Data this app cannot read is internal;
     /// anything else between the app and the data (selection, network, pool,
     /// authentication, a server-side refusal) means the database is
@@ -37,10 +45,7 @@ impl LogsError {
         match *e.kind {
             ErrorKind::BsonDeserialization(_)
             | ErrorKind::InvalidArgument { .. }
-            | ErrorKind::InvalidResponse { .. } => LogsError::Internal {
-                message: "a log document is not in the documented shape",
-                detail: e.to_string(),
-            },
+            | ErrorKind::InvalidResponse { .. } => LogsError::bad_document(e.to_string()),
             _ => LogsError::MongoUnavailable { detail: e.to_string() },
         }
     }

@@ -83,9 +83,3 @@ impl Metrics {
         crate::telemetry::metrics_text(&self.registry)
     }
 }
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}

@@ -106,18 +106,17 @@ impl LogsApp {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let state = self.state.clone();
         let server = HttpServer::new(move || {
+            let metrics = state.metrics.clone();
             App::new()
                 .app_data(state.clone())
-                .wrap_fn(|req, service| {
+                .wrap_fn(move |req, service| {
                     let path = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-                    let metrics = req.app_data::<web::Data<State>>().map(|s| s.metrics.clone());
+                    let metrics = metrics.clone();
                     let response = service.call(req);
                     async move {
                         let response = response.await?;
-                        if let Some(metrics) = metrics {
-                            let status = response.status().as_u16();
-                            metrics.requests.get_or_create(&RequestLabels { path, status }).inc();
-                        }
+                        let status = response.status().as_u16();
+                        metrics.requests.get_or_create(&RequestLabels { path, status }).inc();
                         Ok(response)
                     }
                 })

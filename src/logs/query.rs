@@ -16,7 +16,7 @@ use serde::{Serialize, Serializer};
 
 use super::error::LogsError;
 use super::store::LogEntry;
-use crate::vote::{MAX_NAME_CHARS, Route};
+use crate::vote::{Problem, Route, text};
 
 pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 500;
@@ -155,13 +155,14 @@ fn known<'a>(
 fn filter(params: &HashMap<&str, &str>) -> Result<Filter, LogsError> {
     let route = match params.get("route").copied() {
         None => None,
-        Some("grpc") => Some(Route::Grpc),
-        Some("http") => Some(Route::Http),
-        Some(other) => {
-            return Err(LogsError::bad_request(format!(
-                "route: must be grpc or http, got {other:?}"
-            )));
-        }
+        Some(name) => match Route::ALL.into_iter().find(|route| route.as_str() == name) {
+            Some(route) => Some(route),
+            None => {
+                return Err(LogsError::bad_request(format!(
+                    "route: must be grpc or http, got {name:?}"
+                )));
+            }
+        },
     };
     Ok(Filter {
         band: name(params, "band")?,
@@ -171,25 +172,18 @@ fn filter(params: &HashMap<&str, &str>) -> Result<Filter, LogsError> {
 }
 
 /// A band or album to match exactly. Votes are stored trimmed and free of
-/// control characters (see `vote.rs`), so the same rules apply here; a NUL
-/// would also make the MongoDB query itself fail.
-fn name(params: &HashMap<&str, &str>, field: &str) -> Result<Option<String>, LogsError> {
+/// control characters, so a name is checked by the votes' own rules
+/// ([`crate::vote::text`]); an empty one means no filter. A NUL would also make
+/// the MongoDB query itself fail.
+fn name(params: &HashMap<&str, &str>, field: &'static str) -> Result<Option<String>, LogsError> {
     let Some(raw) = params.get(field) else {
         return Ok(None);
     };
-    let trimmed = raw.trim();
-    let chars = trimmed.chars().count();
-    if chars > MAX_NAME_CHARS {
-        return Err(LogsError::bad_request(format!(
-            "{field}: must be at most {MAX_NAME_CHARS} characters, got {chars}"
-        )));
+    match text(field, raw) {
+        Ok(name) => Ok(Some(name)),
+        Err(e) if e.problem == Problem::Empty => Ok(None),
+        Err(e) => Err(LogsError::bad_request(e.to_string())),
     }
-    if trimmed.chars().any(char::is_control) {
-        return Err(LogsError::bad_request(format!(
-            "{field}: must not contain control characters"
-        )));
-    }
-    Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()))
 }
 
 #[cfg(test)]

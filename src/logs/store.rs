@@ -16,11 +16,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::LogsError;
 use super::query::{Cursor, Filter, LogQuery};
-use crate::stores::mongo_client;
+use crate::stores::{LOGS_COLLECTION, mongo_client};
 use crate::vote::format_instant;
-
-/// The collection the consumer writes (DESIGN.md, "MongoDB").
-pub const COLLECTION: &str = "logs";
 
 /// One vote as the logs app shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,10 +89,8 @@ impl TryFrom<LogDocument> for LogEntry {
 
     fn try_from(d: LogDocument) -> Result<LogEntry, LogsError> {
         let millis = d.received_at.timestamp_millis();
-        let received_at = DateTime::from_timestamp_millis(millis).ok_or_else(|| LogsError::Internal {
-            message: "a log document is not in the documented shape",
-            detail: format!("log {}: received_at {millis} ms is out of range", d.id),
-        })?;
+        let received_at = DateTime::from_timestamp_millis(millis)
+            .ok_or_else(|| LogsError::bad_document(format!("log {}: received_at {millis} ms is out of range", d.id)))?;
         Ok(LogEntry {
             id: d.id,
             received_at,
@@ -128,7 +123,7 @@ impl LogStore {
     pub async fn new(uri: &str, database: &str, timeout: Duration) -> anyhow::Result<LogStore> {
         let db = mongo_client(uri, "votestream-logs", timeout).await?.database(database);
         Ok(LogStore {
-            logs: db.collection(COLLECTION),
+            logs: db.collection(LOGS_COLLECTION),
             db,
             timeout,
         })

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use deadpool_redis::redis;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -93,4 +94,13 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(name));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// Deletes every Redis key that starts with `prefix`.
+pub async fn delete_prefix(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<()> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(conn).await?;
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL").arg(keys).query_async(conn).await?;
+    }
+    Ok(())
 }

@@ -9,9 +9,10 @@ use chrono::Utc;
 use deadpool_redis::redis;
 use votestream::consumer::batch::{Batch, Entry, PartitionRange, SharedBatch};
 use votestream::consumer::metrics::ConsumerMetrics;
-use votestream::consumer::redis_sink::{RedisWriter, STORE_TIMEOUT};
+use votestream::consumer::redis_sink::RedisWriter;
 use votestream::consumer::sink::{Sink, SinkError, WriteFailure};
 use votestream::redis_keys::RedisKeys;
+use votestream::stores::STORE_TIMEOUT;
 use votestream::stores::redis_pool;
 use votestream::vote::{Route, Rules, Vote};
 

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use votestream::config::{Cli, Command, LogsSettings};
 use votestream::logs::LogsApp;
 
-use crate::common::{mongodb_uri, redis_url, unique};
+use crate::common::{delete_prefix, mongodb_uri, redis_url, unique};
 
 /// Generous bound on anything that happens "soon" (a poll, a reconnect).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -138,15 +138,7 @@ impl TestApp {
                 .expect("server ends cleanly");
         }
         let _ = self.db.drop().await;
-        let mut conn = self.redis().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
+        let _ = delete_prefix(&mut self.redis().await, &self.prefix).await;
     }
 }
 

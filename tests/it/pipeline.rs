@@ -16,7 +16,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use votestream::vote::{Route, Rules, Vote, VoteRecord};
 
-use crate::common::{TempTopic, free_port, kafka_brokers, mongodb_uri, redis_url, scratch_dir, unique};
+use crate::common::{TempTopic, delete_prefix, free_port, kafka_brokers, mongodb_uri, redis_url, scratch_dir, unique};
+
+/// Partitions of every world's votes topic.
+pub const PARTITIONS: i32 = 6;
 
 pub const BANDS: [(&str, [&str; 2]); 3] = [
     ("Bohemia Suburbana", ["Vidas Ajenas", "Ciudad de Piedra"]),
@@ -39,7 +42,7 @@ pub struct World {
 impl World {
     pub async fn new(name: &str) -> World {
         World {
-            topic: TempTopic::create(&format!("{name}-votes"), 6).await,
+            topic: TempTopic::create(&format!("{name}-votes"), PARTITIONS).await,
             dlq: TempTopic::create(&format!("{name}-dlq"), 1).await,
             group: unique(&format!("{name}-group")),
             prefix: format!("{}:", unique(name)),
@@ -107,26 +110,18 @@ impl World {
             .collection("logs")
     }
 
-    /// Kafka's committed offset of the group, per partition (-1 where none).
-    pub fn committed(&self) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
+    /// A reader of the group's committed offsets, to poll.
+    pub fn committed_reader(&self) -> CommittedReader {
+        let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())
             .set("group.id", &self.group)
             .create()
             .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..6 {
-            tpl.add_partition(&self.topic.name, p);
+        let mut partitions = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            partitions.add_partition(&self.topic.name, p);
         }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-        committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => (e.partition(), o),
-                _ => (e.partition(), -1),
-            })
-            .collect()
+        CommittedReader { client, partitions }
     }
 
     /// The end of each partition of the votes topic.
@@ -135,7 +130,7 @@ impl World {
             .set("bootstrap.servers", kafka_brokers())
             .create()
             .unwrap();
-        (0..6)
+        (0..PARTITIONS)
             .map(|p| {
                 let (_, high) = consumer
                     .fetch_watermarks(&self.topic.name, p, Duration::from_secs(10))
@@ -147,17 +142,33 @@ impl World {
 
     /// Drops the test's Redis keys and Mongo database.
     pub async fn clean(&self) {
-        let mut conn = self.redis().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
-        }
+        delete_prefix(&mut self.redis().await, &self.prefix).await.unwrap();
         let client = mongodb::Client::with_uri_str(&self.mongodb_uri).await.unwrap();
         client.database(&self.database).drop().await.unwrap();
+    }
+}
+
+/// One group's committed offsets on every partition of a world's votes topic.
+pub struct CommittedReader {
+    client: BaseConsumer,
+    partitions: TopicPartitionList,
+}
+
+impl CommittedReader {
+    /// Kafka's committed offset of the group, per partition (-1 where none).
+    pub fn read(&self) -> BTreeMap<i32, i64> {
+        let committed = self
+            .client
+            .committed_offsets(self.partitions.clone(), Duration::from_secs(10))
+            .unwrap();
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), o),
+                _ => (e.partition(), -1),
+            })
+            .collect()
     }
 }
 
@@ -296,11 +307,12 @@ pub async fn wait_for_total(world: &World, total: i64, limit: Duration) {
 pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecord]) {
     let started = std::time::Instant::now();
     let high = world.high_watermarks();
+    let reader = world.committed_reader();
     crate::common::eventually(
         "committed offsets at the end of every partition",
         Duration::from_secs(120),
         || {
-            let committed = world.committed();
+            let committed = reader.read();
             let high = high.clone();
             async move { (committed == high).then_some(()) }
         },

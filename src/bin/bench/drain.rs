@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::stack::{PrivateFerretDb, Stack, free_port, unique};
+use crate::stack::{PrivateFerretDb, Stack, unique};
 
 pub struct Drained {
     /// From the first batch counted in Redis to the last offset committed.
@@ -46,9 +46,8 @@ pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str
         Some(db) => (db.uri(), unique("drain")),
         None => (stack.mongodb_uri.clone(), stack.database("drain")),
     };
-    let committed = stack.committed_reader(&group, topic)?;
-    let mut env = stack.consumer_env(topic, &group, &prefix, &uri, &database);
-    env.push(("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?)));
+    let committed = stack.committed_reader(&group, topic, ends.keys().copied().collect())?;
+    let env = stack.consumer_env(topic, &group, &prefix, &uri, &database)?;
     let mut redis = stack.redis().await?;
 
     let started = Instant::now();
@@ -95,13 +94,9 @@ pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str
     // Committed offsets already mean Mongo confirmed every batch; counting is a
     // second look, skipped for big backlogs: FerretDB counts by scanning (~1 min per million).
     if expected <= COUNT_LOGS_UP_TO {
-        let logs = votestream::stores::mongo_client(
-            &uri,
-            "votestream-bench",
-            votestream::consumer::redis_sink::STORE_TIMEOUT,
-        )
-        .await?
-        .database(&database);
+        let logs = votestream::stores::mongo_client(&uri, "votestream-bench", votestream::stores::STORE_TIMEOUT)
+            .await?
+            .database(&database);
         let logged = logs
             .collection::<mongodb::bson::Document>("logs")
             .estimated_document_count()

@@ -18,10 +18,11 @@ use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, Commands};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use votestream::redis_keys::RedisKeys;
 use votestream::vote::VoteRecord;
 
 use crate::ingress::{self, Ingress, percentile};
-use crate::stack::{Stack, free_port, unique};
+use crate::stack::{Stack, unique};
 
 pub struct Paced {
     pub rate: f64,
@@ -100,8 +101,7 @@ pub async fn run(stack: &Stack, load: &Paced, reps: usize) -> anyhow::Result<Vec
     let group = unique("e2e-group");
     let prefix = stack.prefix("e2e");
     let database = stack.database("e2e");
-    let mut env = stack.consumer_env(&topic, &group, &prefix, &stack.mongodb_uri, &database);
-    env.push(("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?)));
+    let env = stack.consumer_env(&topic, &group, &prefix, &stack.mongodb_uri, &database)?;
     let mut consumer = stack.spawn_votestream(&["consumer"], &env, "e2e-consumer")?;
     let ingress = Ingress::start(stack, &topic, "e2e-ingress").await?;
     let mut redis = stack.redis().await?;
@@ -112,11 +112,7 @@ pub async fn run(stack: &Stack, load: &Paced, reps: usize) -> anyhow::Result<Vec
 
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
-        let (url, key, stop) = (
-            stack.redis_url.clone(),
-            format!("{prefix}consumer:offsets"),
-            stop.clone(),
-        );
+        let (url, key, stop) = (stack.redis_url.clone(), RedisKeys::new(&prefix).offsets, stop.clone());
         std::thread::spawn(move || poll_offsets(url, key, stop))
     };
     let mut windows = Vec::new();

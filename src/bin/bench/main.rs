@@ -148,13 +148,6 @@ impl Args {
     }
 }
 
-/// `target/` of this build: the program lives in `target/<profile>/`.
-fn target_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile = exe.parent().context("the program's folder")?;
-    Ok(profile.parent().context("the target folder")?.to_path_buf())
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse().smoke();
     let exe_dir = std::env::current_exe()?
@@ -162,7 +155,8 @@ fn main() -> anyhow::Result<()> {
         .context("the program's folder")?
         .to_path_buf();
     let votestream = args.votestream.clone().unwrap_or_else(|| exe_dir.join("votestream"));
-    let target = target_dir()?;
+    // `target/` of this build: the program lives in `target/<profile>/`.
+    let target = exe_dir.parent().context("the target folder")?;
     let scratch = target.join("bench-scratch").join(stack::unique("run"));
     let json_path = args.json.clone().unwrap_or_else(|| target.join("bench.json"));
     let stack = Stack::new(

@@ -32,10 +32,19 @@ use crate::stack::Stack;
 /// Records awaiting Kafka's acknowledgement at once (the producer's queue holds 100,000).
 const PRODUCE_WINDOW: usize = 50_000;
 
-/// Produces `records` to `topic` with the ingress's producer; returns votes/s.
-pub async fn produce(stack: &Stack, topic: &str, records: &[VoteRecord]) -> anyhow::Result<f64> {
+/// The ingress's producer, producing to `topic`.
+pub fn producer(stack: &Stack, topic: &str) -> anyhow::Result<VoteProducer> {
     let ingress = settings::ingress(&stack.brokers, topic)?;
-    let producer = VoteProducer::new(&ingress.kafka, &ingress.ingress.producer)?;
+    Ok(VoteProducer::new(&ingress.kafka, &ingress.ingress.producer)?)
+}
+
+/// Produces `records` to `topic` with a new producer of the ingress's; returns votes/s.
+pub async fn produce(stack: &Stack, topic: &str, records: &[VoteRecord]) -> anyhow::Result<f64> {
+    produce_with(&producer(stack, topic)?, records).await
+}
+
+/// Produces `records` with `producer`, a window of them in flight; returns votes/s.
+pub async fn produce_with(producer: &VoteProducer, records: &[VoteRecord]) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut failed = 0usize;
@@ -92,6 +101,18 @@ fn failure(e: WriteFailure) -> anyhow::Error {
     anyhow::anyhow!("{e:?}")
 }
 
+/// Connects `writer`, then writes `batches` one after another as the sink actor
+/// does; returns the votes written and the time the writes took (connecting aside).
+async fn write_all<S: Sink>(writer: &S, batches: &[SharedBatch]) -> anyhow::Result<(usize, Duration)> {
+    let conn = writer.connect().await.map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let mut votes = 0;
+    for batch in batches {
+        votes += writer.write(conn.clone(), batch.clone()).await.map_err(failure)?.votes;
+    }
+    Ok((votes, started.elapsed()))
+}
+
 /// Applies `batches` to Redis under a fresh prefix; returns votes/s.
 pub async fn redis(stack: &Stack, batches: &[SharedBatch]) -> anyhow::Result<f64> {
     let prefix = stack.prefix("raw-redis");
@@ -100,13 +121,7 @@ pub async fn redis(stack: &Stack, batches: &[SharedBatch]) -> anyhow::Result<f64
         RedisKeys::new(&prefix),
         Arc::new(ConsumerMetrics::new()),
     );
-    let pool = writer.connect().await.map_err(anyhow::Error::msg)?;
-    let started = Instant::now();
-    let mut votes = 0;
-    for batch in batches {
-        votes += writer.write(pool.clone(), batch.clone()).await.map_err(failure)?.votes;
-    }
-    let elapsed = started.elapsed();
+    let (votes, elapsed) = write_all(&writer, batches).await?;
     stack.delete_prefix(&prefix).await;
     let expected: usize = batches.iter().map(|b| b.vote_count()).sum();
     anyhow::ensure!(votes == expected, "Redis counted {votes} of {expected} votes");
@@ -117,13 +132,7 @@ pub async fn redis(stack: &Stack, batches: &[SharedBatch]) -> anyhow::Result<f64
 pub async fn mongo(stack: &Stack, batches: &[SharedBatch]) -> anyhow::Result<f64> {
     let database = stack.database("raw-mongo");
     let writer = MongoWriter::new(&stack.mongodb_uri, &database);
-    let logs = writer.connect().await.map_err(anyhow::Error::msg)?;
-    let started = Instant::now();
-    let mut docs = 0;
-    for batch in batches {
-        docs += writer.write(logs.clone(), batch.clone()).await.map_err(failure)?.votes;
-    }
-    let elapsed = started.elapsed();
+    let (docs, elapsed) = write_all(&writer, batches).await?;
     stack.drop_database(&database).await;
     let expected: usize = batches.iter().map(|b| b.vote_count()).sum();
     anyhow::ensure!(docs == expected, "Mongo inserted {docs} of {expected} documents");

@@ -53,16 +53,31 @@ fn shown(value: f64, unit: &str) -> f64 {
     value
 }
 
+/// `reps` runs of `run`, each announced as "`what`, run i/reps" and its figure shown in `unit`.
+async fn repeated(
+    reps: usize,
+    what: &str,
+    unit: &str,
+    mut run: impl AsyncFnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        step(&format!("{what}, run {}/{reps}", rep + 1));
+        runs.push(shown(run().await?, unit));
+    }
+    Ok(runs)
+}
+
 async fn raw_produce(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
     let reps = args.reps();
     let records = data::votes(args.produce_votes);
-    let mut runs = Vec::new();
-    for rep in 0..reps {
-        step(&format!("raw Kafka produce, run {}/{reps}", rep + 1));
+    let runs = repeated(reps, "raw Kafka produce", "votes/s", async || {
         let topic = stack.topic("produce", 6).await?;
-        runs.push(shown(raw::produce(stack, &topic, &records).await?, "votes/s"));
+        let rate = raw::produce(stack, &topic, &records).await?;
         stack.delete_topic(&topic).await;
-    }
+        Ok(rate)
+    })
+    .await?;
     report.add(
         "raw.kafka_produce",
         format!("raw Kafka produce, idempotent acks=all ({} votes)", args.produce_votes),
@@ -76,10 +91,11 @@ async fn raw_produce(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
 async fn backlog(args: &Args, stack: &Stack) -> anyhow::Result<String> {
     step(&format!("producing the {}-vote backlog", args.backlog));
     let topic = stack.topic("backlog", 6).await?;
+    let producer = raw::producer(stack, &topic)?;
     let chunk = 100_000;
     for start in (0..args.backlog).step_by(chunk) {
         let records: Vec<_> = (start..args.backlog.min(start + chunk)).map(data::vote).collect();
-        raw::produce(stack, &topic, &records).await?;
+        raw::produce_with(&producer, &records).await?;
     }
     Ok(topic)
 }
@@ -87,11 +103,10 @@ async fn backlog(args: &Args, stack: &Stack) -> anyhow::Result<String> {
 async fn raw_read_and_sinks(args: &Args, stack: &Stack, report: &mut Report, topic: &str) -> anyhow::Result<()> {
     let reps = args.reps();
     let batch_size = settings::consumer()?.consumer.batch_max_records;
-    let mut runs = Vec::new();
-    for rep in 0..reps {
-        step(&format!("raw Kafka consume, run {}/{reps}", rep + 1));
-        runs.push(shown(raw::consume(stack, topic).await?, "records/s"));
-    }
+    let runs = repeated(reps, "raw Kafka consume", "records/s", async || {
+        raw::consume(stack, topic).await
+    })
+    .await?;
     report.add(
         "raw.kafka_consume",
         format!("raw Kafka consume of the backlog ({} records)", args.backlog),
@@ -100,11 +115,10 @@ async fn raw_read_and_sinks(args: &Args, stack: &Stack, report: &mut Report, top
     );
 
     let batches = data::batches(args.redis_batches, batch_size, 6, "votes");
-    let mut runs = Vec::new();
-    for rep in 0..reps {
-        step(&format!("raw Redis apply, run {}/{reps}", rep + 1));
-        runs.push(shown(raw::redis(stack, &batches).await?, "votes/s"));
-    }
+    let runs = repeated(reps, "raw Redis apply", "votes/s", async || {
+        raw::redis(stack, &batches).await
+    })
+    .await?;
     report.add(
         "raw.redis_apply",
         format!("raw Redis apply.lua ({} batches of {batch_size})", args.redis_batches),
@@ -113,11 +127,10 @@ async fn raw_read_and_sinks(args: &Args, stack: &Stack, report: &mut Report, top
     );
 
     let batches = data::batches(args.mongo_batches, batch_size, 6, "votes");
-    let mut runs = Vec::new();
-    for rep in 0..reps {
-        step(&format!("raw Mongo insert_many, run {}/{reps}", rep + 1));
-        runs.push(shown(raw::mongo(stack, &batches).await?, "docs/s"));
-    }
+    let runs = repeated(reps, "raw Mongo insert_many", "docs/s", async || {
+        raw::mongo(stack, &batches).await
+    })
+    .await?;
     report.add(
         "raw.mongo_insert",
         format!("raw Mongo insert_many ({} batches of {batch_size})", args.mongo_batches),

@@ -16,6 +16,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use votestream::redis_keys::RedisKeys;
 
 pub struct Stack {
     pub brokers: String,
@@ -155,9 +156,8 @@ impl Stack {
             .collect()
     }
 
-    /// A reusable reader of one group's committed offsets.
-    pub fn committed_reader(&self, group: &str, topic: &str) -> anyhow::Result<CommittedReader> {
-        let partitions = self.high_watermarks(topic)?.into_keys().collect();
+    /// A reusable reader of one group's committed offsets on `partitions` of `topic`.
+    pub fn committed_reader(&self, group: &str, topic: &str, partitions: Vec<i32>) -> anyhow::Result<CommittedReader> {
         Ok(CommittedReader {
             client: self.offsets_client(Some(group))?,
             topic: topic.to_owned(),
@@ -174,7 +174,7 @@ impl Stack {
     /// `votes:total` under `prefix` (0 before the first batch).
     pub async fn redis_total(&self, conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> i64 {
         redis::cmd("GET")
-            .arg(format!("{prefix}votes:total"))
+            .arg(RedisKeys::new(prefix).total)
             .query_async::<Option<i64>>(conn)
             .await
             .ok()
@@ -201,7 +201,8 @@ impl Stack {
         Ok(Process { child })
     }
 
-    /// The settings a consumer of `topic` needs, isolated by group, prefix and database.
+    /// The settings a consumer of `topic` needs, isolated by group, prefix and
+    /// database, with its HTTP server on a free port.
     pub fn consumer_env(
         &self,
         topic: &str,
@@ -209,8 +210,8 @@ impl Stack {
         prefix: &str,
         mongodb_uri: &str,
         database: &str,
-    ) -> Vec<(&'static str, String)> {
-        vec![
+    ) -> anyhow::Result<Vec<(&'static str, String)>> {
+        Ok(vec![
             ("KAFKA_BROKERS", self.brokers.clone()),
             ("VOTES_TOPIC", topic.to_owned()),
             // A poison record would be a bug here; its dead letter goes to a topic nobody reads.
@@ -220,7 +221,8 @@ impl Stack {
             ("REDIS_KEY_PREFIX", prefix.to_owned()),
             ("MONGODB_URI", mongodb_uri.to_owned()),
             ("MONGODB_DATABASE", database.to_owned()),
-        ]
+            ("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?)),
+        ])
     }
 }
 
@@ -272,9 +274,7 @@ async fn delete_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
 }
 
 async fn drop_database(uri: &str, name: &str) -> anyhow::Result<()> {
-    let client =
-        votestream::stores::mongo_client(uri, "votestream-bench", votestream::consumer::redis_sink::STORE_TIMEOUT)
-            .await?;
+    let client = votestream::stores::mongo_client(uri, "votestream-bench", votestream::stores::STORE_TIMEOUT).await?;
     client.database(name).drop().await?;
     Ok(())
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tonic::Code;
+use tonic::transport::Channel;
 use votestream::proto::CastVotesRequest;
+use votestream::proto::vote_service_client::VoteServiceClient;
 
 use super::support::{TestIngress, free_port, grpc_vote, records, seed_vote};
 use crate::common::unique;
@@ -25,21 +27,39 @@ use crate::common::unique;
 const PRODUCE_TIMEOUT_MS: &str = "2000";
 const BOUND: Duration = Duration::from_secs(20);
 
+/// Awaits `f`, asserting it took less than [`BOUND`].
+async fn within_bound<T>(f: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let output = f.await;
+    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    output
+}
+
+/// Casts one vote over gRPC, which must be accepted; returns its id.
+async fn accepted_grpc_vote(grpc: &mut VoteServiceClient<Channel>) -> String {
+    grpc.cast_vote(grpc_vote("Alux Nahual"))
+        .await
+        .expect("accepted")
+        .into_inner()
+        .id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_broker_reachable_votes_fail_with_503_and_unavailable_within_the_bound() {
     let nowhere = format!("127.0.0.1:{}", free_port());
     let ingress = TestIngress::start(&nowhere, "votes", &["--produce-timeout-ms", PRODUCE_TIMEOUT_MS]).await;
     let mut grpc = ingress.grpc().await;
 
-    let started = Instant::now();
-    let response = ingress
-        .client
-        .post(ingress.url("/votes"))
-        .json(&seed_vote(1))
-        .send()
-        .await
-        .expect("an answer");
-    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    let response = within_bound(async {
+        ingress
+            .client
+            .post(ingress.url("/votes"))
+            .json(&seed_vote(1))
+            .send()
+            .await
+            .expect("an answer")
+    })
+    .await;
     assert_eq!(response.status(), 503);
     assert_eq!(
         response.headers().get("retry-after").map(|v| v.as_bytes()),
@@ -48,27 +68,23 @@ async fn with_no_broker_reachable_votes_fail_with_503_and_unavailable_within_the
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["error"], "kafka_timeout", "{reply}");
 
-    let started = Instant::now();
-    let (status, reply) = ingress.post_json(&json!([seed_vote(1), seed_vote(2)])).await;
-    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    let (status, reply) = within_bound(ingress.post_json(&json!([seed_vote(1), seed_vote(2)]))).await;
     assert_eq!(
         (status, reply["error"].as_str()),
         (503, Some("kafka_timeout")),
         "{reply}"
     );
 
-    let started = Instant::now();
-    let status = grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable");
-    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    let status = within_bound(async { grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable") }).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-    let started = Instant::now();
-    let votes = vec![grpc_vote("Alux Nahual"), grpc_vote("Bohemia Suburbana")];
-    let status = grpc
-        .cast_votes(CastVotesRequest { votes })
-        .await
-        .expect_err("unavailable");
-    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    let status = within_bound(async {
+        let votes = vec![grpc_vote("Alux Nahual"), grpc_vote("Bohemia Suburbana")];
+        grpc.cast_votes(CastVotesRequest { votes })
+            .await
+            .expect_err("unavailable")
+    })
+    .await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     // Bad input is still told apart from an outage.
@@ -160,22 +176,12 @@ async fn after_its_broker_returns_the_ingress_accepts_votes_again_without_a_rest
     let (status, reply) = ingress.post_json(&seed_vote(1)).await;
     assert_eq!(status, 200, "{reply}");
     acked.push(reply["id"].as_str().unwrap().to_owned());
-    acked.push(
-        grpc.cast_vote(grpc_vote("Alux Nahual"))
-            .await
-            .expect("accepted")
-            .into_inner()
-            .id,
-    );
+    acked.push(accepted_grpc_vote(&mut grpc).await);
 
     kafka.stack("down").await;
-    let started = Instant::now();
-    let (status, reply) = ingress.post_json(&seed_vote(2)).await;
-    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    let (status, reply) = within_bound(ingress.post_json(&seed_vote(2))).await;
     assert_eq!(status, 503, "{reply}");
-    let started = Instant::now();
-    let status = grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable");
-    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    let status = within_bound(async { grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable") }).await;
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(ingress.get("/readyz").await.0, 503);
 
@@ -194,13 +200,7 @@ async fn after_its_broker_returns_the_ingress_accepts_votes_again_without_a_rest
     };
     eprintln!("accepted again after {tries} tries");
     acked.push(reply["id"].as_str().unwrap().to_owned());
-    acked.push(
-        grpc.cast_vote(grpc_vote("Alux Nahual"))
-            .await
-            .expect("accepted")
-            .into_inner()
-            .id,
-    );
+    acked.push(accepted_grpc_vote(&mut grpc).await);
     assert_eq!(ingress.get("/readyz").await.0, 200);
     ingress.stop().await;
 
