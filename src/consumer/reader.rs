@@ -123,16 +123,18 @@ impl Actor for KafkaReader {
         ctx.spawn(
             async move {
                 tokio::time::sleep(delay).await;
-                run.run().await
+                let started = Instant::now();
+                (run.run().await, started.elapsed())
             }
             .into_actor(self)
-            .map(|result, act, ctx| match result {
+            .map(|(result, ran), act, ctx| match result {
                 // Drained after shutdown: stay idle (stopping would only restart us).
                 Ok(()) => {
                     let _ = act.finished.send(true);
                 }
                 Err(error) => {
                     tracing::warn!(actor = "kafka_reader", %error, "reader failed; restarting");
+                    act.backoff.failed_after(ran);
                     ConsumerMetrics::set_up(&act.run.metrics.kafka_up, false);
                     ctx.stop();
                 }

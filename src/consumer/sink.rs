@@ -82,6 +82,15 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = Duration::ZERO;
     }
+
+    /// After an attempt that failed once it had run for `ran`: one that lasted
+    /// longer than the longest delay was not a crash loop, so the next
+    /// attempt starts the sequence again rather than waiting the longest delay.
+    pub fn failed_after(&mut self, ran: Duration) {
+        if ran > self.max {
+            self.reset();
+        }
+    }
 }
 
 pub struct WriteBatch(pub SharedBatch);
@@ -221,5 +230,20 @@ mod tests {
         assert_eq!(delays, [0, 100, 200, 350, 350]);
         b.reset();
         assert_eq!(b.delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_starts_again_only_after_an_attempt_that_ran_longer_than_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let _ = (b.delay(), b.delay(), b.delay());
+        b.failed_after(Duration::from_millis(350));
+        assert_eq!(
+            b.delay(),
+            Duration::from_millis(350),
+            "a quick failure keeps backing off"
+        );
+        b.failed_after(Duration::from_millis(351));
+        assert_eq!(b.delay(), Duration::ZERO);
+        assert_eq!(b.delay(), Duration::from_millis(100));
     }
 }
