@@ -226,18 +226,16 @@ pub struct LogsArgs {
     /// Most concurrent /logs/stream clients.
     #[arg(long, env = "LOGS_MAX_STREAMS", default_value_t = 100)]
     pub logs_max_streams: usize,
-    /// How often the live tail asks MongoDB for new logs, in milliseconds.
-    #[arg(long, env = "LOGS_POLL_INTERVAL_MS", default_value_t = 500)]
-    pub logs_poll_interval_ms: u64,
-    /// How far back, in milliseconds of `received_at`, each poll looks again for logs written
-    /// late (consumers write partitions in parallel, so logs do not arrive in `received_at` order).
-    #[arg(long, env = "LOGS_STREAM_LOOKBACK_MS", default_value_t = 5_000)]
-    pub logs_stream_lookback_ms: u64,
+    /// Most MongoDB queries (pages of /logs) outstanding at once; a page asked for beyond it
+    /// waits up to the backend timeout for a slot, then gets 503. Bounds the work a crowd on
+    /// the page can put on the database, so the consumer's writes go on.
+    #[arg(long, env = "LOGS_MAX_QUERIES", default_value_t = 4)]
+    pub logs_max_queries: usize,
     /// Logs buffered for /logs/stream clients; a client further behind skips the oldest.
     #[arg(long, env = "LOGS_STREAM_BUFFER", default_value_t = 1_024)]
     pub logs_stream_buffer: usize,
     /// Bound on each MongoDB or Redis call (server selection included), in milliseconds;
-    /// past it the request gets 503.
+    /// past it the request gets 503, and MongoDB is told to give the query up too (maxTimeMS).
     #[arg(long, env = "LOGS_BACKEND_TIMEOUT_MS", default_value_t = 2_000)]
     pub logs_backend_timeout_ms: u64,
 }
@@ -249,14 +247,6 @@ impl LogsArgs {
             Some(port) => SocketAddr::new(self.logs_addr.ip(), port),
             None => self.logs_addr,
         }
-    }
-
-    pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.logs_poll_interval_ms)
-    }
-
-    pub fn stream_lookback(&self) -> Duration {
-        Duration::from_millis(self.logs_stream_lookback_ms)
     }
 
     pub fn backend_timeout(&self) -> Duration {

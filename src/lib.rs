@@ -7,6 +7,7 @@
 pub mod config;
 pub mod consumer;
 pub mod ingress;
+pub mod log_entry;
 pub mod logs;
 pub mod redis_keys;
 pub mod shutdown;

@@ -1,6 +1,10 @@
 //! The Redis key names of DESIGN.md ("Redis keys"), with the configured prefix.
 //! Grafana's dashboards and the logs app read the same names.
 
+/// About how many logs the `logs:tail` stream keeps (XADD MAXLEN ~): the
+/// live page's buffer, not a history (MongoDB has every log).
+pub const LOGS_TAIL_LEN: usize = 10_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisKeys {
     pub total: String,
@@ -11,6 +15,7 @@ pub struct RedisKeys {
     pub rank_avg_by_album: String,
     pub timeline: String,
     pub offsets: String,
+    pub logs_tail: String,
 }
 
 impl RedisKeys {
@@ -25,11 +30,12 @@ impl RedisKeys {
             rank_avg_by_album: key("rank:avg_by_album"),
             timeline: key("votes:timeline"),
             offsets: key("consumer:offsets"),
+            logs_tail: key("logs:tail"),
         }
     }
 
     /// In the order the apply script expects them as KEYS.
-    pub fn script_keys(&self) -> [&str; 8] {
+    pub fn script_keys(&self) -> [&str; 9] {
         [
             &self.total,
             &self.by_band,
@@ -39,6 +45,7 @@ impl RedisKeys {
             &self.rank_avg_by_album,
             &self.timeline,
             &self.offsets,
+            &self.logs_tail,
         ]
     }
 }

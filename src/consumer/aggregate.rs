@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::batch::{Batch, Entry, PartitionRange};
+use crate::log_entry::LogEntry;
 use crate::vote::VoteRecord;
 
 /// The script's argument: the partitions' ranges and the batch's deltas.
@@ -21,6 +22,9 @@ pub struct Deltas<'a> {
     pub album: HashMap<String, i64>,
     pub route: HashMap<&'static str, i64>,
     pub rank: HashMap<String, f64>,
+    /// The newly counted votes as log items (JSON), in batch order, for the
+    /// `logs:tail` stream the live page reads.
+    pub tail: Vec<String>,
 }
 
 /// The `consumer:offsets` field of a partition.
@@ -74,6 +78,8 @@ pub fn aggregate<'a>(batch: &'a Batch, applied: &BTreeMap<i32, i64>) -> Deltas<'
         album.clear();
         vote.write_album_key(&mut album);
         d.total += 1;
+        d.tail
+            .push(serde_json::to_string(&LogEntry::from(vote)).unwrap_or_default());
         *d.band.entry(vote.name.as_str()).or_default() += 1;
         *d.route.entry(vote.route.as_str()).or_default() += 1;
         match d.album.get_mut(album.as_str()) {
@@ -163,6 +169,9 @@ mod tests {
         assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 17.5);
         assert_eq!(d.route["http"], 2);
         assert_eq!(d.route["grpc"], 1);
+        let tail: Vec<serde_json::Value> = d.tail.iter().map(|t| serde_json::from_str(t).unwrap()).collect();
+        let ids: Vec<_> = batch.votes().map(|(_, v)| v.id.to_string()).collect();
+        assert_eq!(tail.iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(), ids);
         assert_eq!(
             d.ranges,
             vec![("votes/0".into(), 9, 10, 12), ("votes/1".into(), 2, 3, 3)]
@@ -174,6 +183,7 @@ mod tests {
         let batch = batch();
         let d = aggregate(&batch, &BTreeMap::from([(0, 11), (1, 3)]));
         assert_eq!(d.total, 1);
+        assert_eq!(d.tail.len(), 1, "only what is counted now goes to the live tail");
         assert_eq!(d.band["Alux Nahual"], 1);
         assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 9.5);
         assert!(!d.band.contains_key("Bohemia Suburbana"));

@@ -34,14 +34,20 @@ impl MongoWriter {
     }
 }
 
-/// The `logs` collection, with its `{received_at: -1}` index.
+/// The `logs` collection, with its `{received_at: -1, _id: -1}` index: it
+/// serves the logs app's page order (newest first, the vote id breaking ties)
+/// on MongoDB, and any query by time. Creating an index that exists is a no-op.
 pub async fn logs_collection(uri: &str, database: &str) -> mongodb::error::Result<Collection<Document>> {
     let db = mongo_client(uri, "votestream", STORE_TIMEOUT).await?.database(database);
     db.run_command(doc! {"ping": 1}).await?;
     let logs = db.collection::<Document>(LOGS_COLLECTION);
     let index = IndexModel::builder()
-        .keys(doc! {"received_at": -1})
-        .options(IndexOptions::builder().name("received_at_desc".to_owned()).build())
+        .keys(doc! {"received_at": -1, "_id": -1})
+        .options(
+            IndexOptions::builder()
+                .name("received_at_desc_id_desc".to_owned())
+                .build(),
+        )
         .build();
     logs.create_index(index).await?;
     Ok(logs)

@@ -14,7 +14,7 @@ use super::aggregate::{aggregate, offsets_partition, unapplied};
 use super::batch::SharedBatch;
 use super::metrics::ConsumerMetrics;
 use super::sink::{Sink, SinkActor, SinkError, WriteFailure, Written};
-use crate::redis_keys::RedisKeys;
+use crate::redis_keys::{LOGS_TAIL_LEN, RedisKeys};
 use crate::stores::{STORE_TIMEOUT, redis_pool};
 
 pub type RedisAggregator = SinkActor<RedisWriter>;
@@ -80,7 +80,12 @@ impl Sink for RedisWriter {
                 for key in keys.script_keys() {
                     call.key(key);
                 }
-                let reply: Vec<String> = call.arg(arg).invoke_async(&mut conn).await.map_err(|e| io(&e))?;
+                let reply: Vec<String> = call
+                    .arg(arg)
+                    .arg(LOGS_TAIL_LEN)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| io(&e))?;
                 match parse_reply(&reply) {
                     Reply::Ok => {
                         record_latency(&metrics, &batch, &applied);

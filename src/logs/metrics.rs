@@ -27,6 +27,8 @@ pub struct Metrics {
     pub stream_skipped: Counter,
     pub tail_polls: Family<OutcomeLabels, Counter>,
     pub tail_published: Counter,
+    pub queries_active: Gauge,
+    pub queries_refused: Counter,
 }
 
 impl Metrics {
@@ -38,6 +40,8 @@ impl Metrics {
         let stream_skipped = Counter::default();
         let tail_polls = Family::<OutcomeLabels, Counter>::default();
         let tail_published = Counter::default();
+        let queries_active = Gauge::default();
+        let queries_refused = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by route pattern and status",
@@ -60,13 +64,23 @@ impl Metrics {
         );
         registry.register(
             "tail_polls",
-            "Polls of MongoDB for new logs, by outcome",
+            "Reads of the logs:tail Redis stream for the live page, by outcome (none while no client is connected)",
             tail_polls.clone(),
         );
         registry.register(
             "tail_published",
             "New logs pushed to /logs/stream clients",
             tail_published.clone(),
+        );
+        registry.register(
+            "queries_active",
+            "MongoDB queries (pages of /logs) outstanding",
+            queries_active.clone(),
+        );
+        registry.register(
+            "queries_refused",
+            "Pages of /logs answered 503 because every query slot stayed taken for the backend timeout",
+            queries_refused.clone(),
         );
         Metrics {
             registry,
@@ -76,6 +90,8 @@ impl Metrics {
             stream_skipped,
             tail_polls,
             tail_published,
+            queries_active,
+            queries_refused,
         }
     }
 

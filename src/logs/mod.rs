@@ -18,7 +18,6 @@ mod stream;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::dev::Service;
 use actix_web::http::header::CACHE_CONTROL;
@@ -26,17 +25,17 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 
 use crate::config::LogsSettings;
+use crate::redis_keys::RedisKeys;
+use crate::stores::redis_pool;
 use error::LogsError;
 use metrics::{Metrics, RequestLabels};
 use standings::StandingsReader;
 use store::LogStore;
-use stream::Hub;
+use stream::{Hub, TailSource};
 
 /// How long open requests may take to finish once shutdown starts. Streams
 /// end at once (the hub closes them), so this only bounds ordinary requests.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
-/// Delay between attempts to create the index while MongoDB is unreachable.
-const INDEX_RETRY: Duration = Duration::from_secs(5);
 
 struct State {
     store: LogStore,
@@ -49,8 +48,7 @@ pub struct LogsApp {
     listener: TcpListener,
     addr: SocketAddr,
     state: web::Data<State>,
-    poll_interval: Duration,
-    stream_lookback: Duration,
+    tail: TailSource,
 }
 
 impl LogsApp {
@@ -59,21 +57,30 @@ impl LogsApp {
     pub async fn build(settings: &LogsSettings) -> anyhow::Result<LogsApp> {
         let logs = &settings.logs;
         anyhow::ensure!(logs.logs_stream_buffer >= 1, "--logs-stream-buffer must be at least 1");
-        anyhow::ensure!(
-            logs.logs_poll_interval_ms >= 1,
-            "--logs-poll-interval-ms must be at least 1"
-        );
+        anyhow::ensure!(logs.logs_max_queries >= 1, "--logs-max-queries must be at least 1");
         anyhow::ensure!(
             logs.logs_backend_timeout_ms >= 1,
             "--logs-backend-timeout-ms must be at least 1"
         );
         let timeout = logs.backend_timeout();
-        let store = LogStore::new(&settings.mongo.mongodb_uri, &settings.mongo.mongodb_database, timeout)
-            .await
-            .context("MongoDB settings (--mongodb-uri)")?;
-        let standings = StandingsReader::new(&settings.redis.redis_url, &settings.redis.redis_key_prefix, timeout)
-            .context("Redis settings (--redis-url)")?;
         let metrics = Arc::new(Metrics::new());
+        let store = LogStore::new(
+            &settings.mongo.mongodb_uri,
+            &settings.mongo.mongodb_database,
+            timeout,
+            logs.logs_max_queries,
+            metrics.clone(),
+        )
+        .await
+        .context("MongoDB settings (--mongodb-uri)")?;
+        let keys = RedisKeys::new(&settings.redis.redis_key_prefix);
+        let standings = StandingsReader::new(&settings.redis.redis_url, keys.clone(), timeout)
+            .context("Redis settings (--redis-url)")?;
+        // Its own connections: a blocking read must not hold up /results.
+        let tail = TailSource::new(
+            redis_pool(&settings.redis.redis_url, timeout).context("Redis settings (--redis-url)")?,
+            keys.logs_tail,
+        );
         let hub = Arc::new(Hub::new(
             logs.logs_stream_buffer,
             logs.logs_max_streams,
@@ -91,8 +98,7 @@ impl LogsApp {
                 hub,
                 metrics,
             }),
-            poll_interval: logs.poll_interval(),
-            stream_lookback: logs.stream_lookback(),
+            tail,
         })
     }
 
@@ -137,13 +143,7 @@ impl LogsApp {
         .run();
         let handle = server.handle();
 
-        let tail = tokio::spawn(stream::run_tail(
-            self.state.hub.clone(),
-            self.state.store.clone(),
-            self.poll_interval,
-            self.stream_lookback,
-        ));
-        let index = tokio::spawn(ensure_index(self.state.store.clone()));
+        let tail = tokio::spawn(stream::run_tail(self.state.hub.clone(), self.tail));
 
         tokio::pin!(server);
         let served = tokio::select! {
@@ -158,22 +158,7 @@ impl LogsApp {
             }
         };
         tail.abort();
-        index.abort();
         served.context("logs HTTP server")
-    }
-}
-
-/// Creates the paging index once MongoDB answers; until then `/logs` still
-/// works (without the index, on a small collection).
-async fn ensure_index(store: LogStore) {
-    let mut warned = false;
-    while let Err(e) = store.ensure_index().await {
-        // Once per outage, not once per attempt.
-        if !warned {
-            tracing::warn!(error = %e, detail = e.detail().unwrap_or_default(), "cannot create the logs index yet; retrying");
-            warned = true;
-        }
-        tokio::time::sleep(INDEX_RETRY).await;
     }
 }
 

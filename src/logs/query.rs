@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Serialize, Serializer};
 
 use super::error::LogsError;
-use super::store::LogEntry;
+use crate::log_entry::{ItemKey, LogEntry};
 use crate::vote::{Problem, Route, text};
 
 pub const DEFAULT_LIMIT: usize = 20;
@@ -32,10 +32,10 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, entry: &LogEntry) -> bool {
-        self.band.as_ref().is_none_or(|band| *band == entry.band)
-            && self.album.as_ref().is_none_or(|album| *album == entry.album)
-            && self.route.is_none_or(|route| route.as_str() == entry.route)
+    pub fn matches(&self, item: &ItemKey) -> bool {
+        self.band.as_ref().is_none_or(|band| *band == item.band)
+            && self.album.as_ref().is_none_or(|album| *album == item.album)
+            && self.route.is_none_or(|route| route.as_str() == item.route)
     }
 }
 

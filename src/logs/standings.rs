@@ -87,10 +87,10 @@ pub struct StandingsReader {
 impl StandingsReader {
     /// Prepares the pool; connections are made on first use, so the app
     /// starts while Redis is down.
-    pub fn new(url: &str, key_prefix: &str, timeout: Duration) -> anyhow::Result<StandingsReader> {
+    pub fn new(url: &str, keys: RedisKeys, timeout: Duration) -> anyhow::Result<StandingsReader> {
         Ok(StandingsReader {
             pool: redis_pool(url, timeout)?,
-            keys: RedisKeys::new(key_prefix),
+            keys,
             timeout,
         })
     }

@@ -1,73 +1,30 @@
-//! The `logs` collection in MongoDB, read side: one page of logs newest first,
-//! and the newest logs for the live tail.
+//! The `logs` collection in MongoDB, read side: one page of logs newest first.
 //!
 //! The order is (received_at desc, _id desc): the vote id breaks ties between
 //! votes received in the same millisecond, so a cursor names one exact
 //! position. Every call is bounded by the backend timeout (server selection
-//! included), so an unreachable database is a quick 503, not a hung request.
+//! included), so an unreachable database is a quick 503, not a hung request;
+//! the same bound goes to the server as `maxTimeMS`, so a query the app gives
+//! up on stops in the database too. At most `max_queries` pages are asked of
+//! MongoDB at once: whatever the load on the page, the database holds a
+//! bounded number of queries and the consumer's writes go on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
-use mongodb::{Collection, Database, IndexModel};
-use serde::{Deserialize, Serialize, Serializer};
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::error::LogsError;
+use super::metrics::Metrics;
 use super::query::{Cursor, Filter, LogQuery};
+use crate::log_entry::LogEntry;
 use crate::stores::{LOGS_COLLECTION, mongo_client};
-use crate::vote::format_instant;
-
-/// One vote as the logs app shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogEntry {
-    pub id: String,
-    pub received_at: DateTime<Utc>,
-    pub band: String,
-    pub album: String,
-    pub year: i64,
-    pub rank: f64,
-    pub route: String,
-}
-
-impl LogEntry {
-    /// The position of this log in the (received_at, _id) order.
-    pub fn position(&self) -> (i64, &str) {
-        (self.received_at.timestamp_millis(), &self.id)
-    }
-}
-
-/// The JSON item of `/logs` and `/logs/stream`: the UTC date and time as the
-/// page prints them, plus the exact instant.
-impl Serialize for LogEntry {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Item<'a> {
-            id: &'a str,
-            date: String,
-            time: String,
-            received_at: String,
-            band: &'a str,
-            album: &'a str,
-            year: i64,
-            rank: f64,
-            route: &'a str,
-        }
-        Item {
-            id: &self.id,
-            date: self.received_at.format("%Y-%m-%d").to_string(),
-            time: self.received_at.format("%H:%M:%S").to_string(),
-            received_at: format_instant(&self.received_at),
-            band: &self.band,
-            album: &self.album,
-            year: self.year,
-            rank: self.rank,
-            route: &self.route,
-        }
-        .serialize(s)
-    }
-}
 
 /// The stored document, as far as this app reads it. Numbers are read
 /// leniently (a year stored as Int32 or Int64, a rank as an integer or a
@@ -115,17 +72,29 @@ pub struct LogStore {
     db: Database,
     logs: Collection<LogDocument>,
     timeout: Duration,
+    slots: Arc<Semaphore>,
+    max_queries: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl LogStore {
     /// Prepares the client; it connects lazily, so the app starts (and
     /// answers 503) while MongoDB is down, and recovers when it comes back.
-    pub async fn new(uri: &str, database: &str, timeout: Duration) -> anyhow::Result<LogStore> {
+    pub async fn new(
+        uri: &str,
+        database: &str,
+        timeout: Duration,
+        max_queries: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<LogStore> {
         let db = mongo_client(uri, "votestream-logs", timeout).await?.database(database);
         Ok(LogStore {
             logs: db.collection(LOGS_COLLECTION),
             db,
             timeout,
+            slots: Arc::new(Semaphore::new(max_queries)),
+            max_queries,
+            metrics,
         })
     }
 
@@ -154,22 +123,27 @@ impl LogStore {
         Ok(Page { items, next })
     }
 
-    /// The newest `limit` logs received at or after `since`, newest first.
-    pub async fn newest_since(&self, since: Option<i64>, limit: usize) -> Result<Vec<LogEntry>, LogsError> {
-        let filter = match since {
-            Some(ms) => doc! { "received_at": { "$gte": bson::DateTime::from_millis(ms) } },
-            None => doc! {},
-        };
-        self.newest(filter, limit).await
-    }
-
     async fn newest(&self, filter: Document, limit: usize) -> Result<Vec<LogEntry>, LogsError> {
+        let deadline = Instant::now() + self.timeout;
+        let Ok(_slot) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
+            self.metrics.queries_refused.inc();
+            return Err(LogsError::MongoUnavailable {
+                detail: format!("{} queries outstanding for {:?}", self.max_queries, self.timeout),
+            });
+        };
+        self.metrics.queries_active.inc();
+        let _active = scopeguard(|| {
+            self.metrics.queries_active.dec();
+        });
+        let left = deadline.saturating_duration_since(Instant::now());
         let documents: Vec<LogDocument> = self
-            .bounded(async {
+            .bounded_by(left, async {
                 self.logs
                     .find(filter)
                     .sort(doc! { "received_at": -1, "_id": -1 })
                     .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                    // The server gives the query up when this app does.
+                    .max_time(left)
                     .projection(doc! {
                         "_id": 1, "received_at": 1, "name": 1, "album": 1, "year": 1, "rank": 1, "route": 1,
                     })
@@ -185,25 +159,35 @@ impl LogStore {
         self.bounded(self.db.run_command(doc! { "ping": 1 })).await.map(drop)
     }
 
-    /// The index that serves the (received_at desc, _id desc) order. The
-    /// documented `{received_at: -1}` index alone cannot: MongoDB would sort
-    /// every matching document in memory for each page. Creating an index
-    /// that exists is a no-op.
-    pub async fn ensure_index(&self) -> Result<(), LogsError> {
-        let model = IndexModel::builder()
-            .keys(doc! { "received_at": -1, "_id": -1 })
-            .build();
-        self.bounded(self.logs.create_index(model)).await.map(drop)
+    async fn bounded<T>(&self, call: impl IntoFuture<Output = mongodb::error::Result<T>>) -> Result<T, LogsError> {
+        self.bounded_by(self.timeout, call).await
     }
 
-    async fn bounded<T>(&self, call: impl IntoFuture<Output = mongodb::error::Result<T>>) -> Result<T, LogsError> {
-        match tokio::time::timeout(self.timeout, call).await {
+    async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, LogsError> {
+        match tokio::time::timeout(limit, call).await {
             Ok(result) => result.map_err(LogsError::from_mongo),
             Err(_) => Err(LogsError::MongoUnavailable {
                 detail: format!("no answer within {:?}", self.timeout),
             }),
         }
     }
+}
+
+/// Runs `f` when dropped: undoes a gauge increment on every way out.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 fn filter_document(filter: &Filter) -> Document {
@@ -224,34 +208,6 @@ fn filter_document(filter: &Filter) -> Document {
 mod tests {
     use super::*;
     use crate::vote::Route;
-
-    #[test]
-    fn an_item_carries_the_utc_date_time_and_the_exact_instant() {
-        let entry = LogEntry {
-            id: "v1".into(),
-            received_at: DateTime::from_timestamp_millis(1_764_181_439_123).unwrap(),
-            band: "<script>alert(1)</script>".into(),
-            album: "Fiebre".into(),
-            year: 1995,
-            rank: 8.5,
-            route: "grpc".into(),
-        };
-        let json = serde_json::to_value(&entry).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({
-                "id": "v1",
-                "date": "2025-11-26",
-                "time": "18:23:59",
-                "received_at": "2025-11-26T18:23:59.123Z",
-                "band": "<script>alert(1)</script>",
-                "album": "Fiebre",
-                "year": 1995,
-                "rank": 8.5,
-                "route": "grpc",
-            })
-        );
-    }
 
     #[test]
     fn filters_become_exact_matches_on_the_stored_field_names() {

@@ -1,21 +1,24 @@
 //! `GET /logs/stream`: new logs pushed as server-sent events.
 //!
-//! MongoDB change streams do not exist on FerretDB, so one poller (the
-//! "tail") asks MongoDB for new logs and publishes each one, already encoded,
-//! to a `broadcast` channel that every stream reads. Memory stays bounded
-//! whatever the clients do:
+//! The consumer appends every vote it counts, once, to the capped Redis
+//! stream `logs:tail`, in the same script that applies the counters (so a
+//! replay adds nothing twice). One reader here (the "tail") follows that
+//! stream with a blocking XREAD while at least one client is connected, and
+//! sends nothing to Redis or MongoDB while none is: the live page costs the
+//! stores in proportion to the new logs, never to the size of the history.
+//! Each log is published, already encoded, to a `broadcast` channel that
+//! every stream reads. Memory stays bounded whatever the clients do:
 //! - the channel holds at most `buffer` logs; a client further behind skips
 //!   the oldest and gets a `skipped` event saying how many;
 //! - actix polls a response body only while the socket's write buffer has
 //!   room, so a slow reader holds one buffer, not a backlog;
 //! - a semaphore caps the number of open streams.
 //!
-//! Events: `ready` once the tail is following MongoDB (logs written after it
-//! will be pushed), `log` (the same JSON item as `/logs`), `skipped`
+//! Events: `ready` once the tail is following the stream (logs counted after
+//! it will be pushed), `log` (the same JSON item as `/logs`), `skipped`
 //! (`{"skipped": n}`), and a comment every 5 s so dead connections are
 //! noticed and idle proxies keep the connection open.
 
-use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,14 +29,21 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use deadpool_redis::{Pool, redis};
+
 use super::error::LogsError;
 use super::metrics::{Metrics, OutcomeLabels};
 use super::query::Filter;
-use super::store::{LogEntry, LogStore};
+use crate::log_entry::ItemKey;
 
-/// Most logs one poll reads. Past it the tail shows the newest and skips the
-/// rest: it is a live view, and `/logs` has every log.
-const POLL_LIMIT: usize = 500;
+/// Most logs one read takes from the stream.
+const READ_COUNT: usize = 500;
+/// How long one XREAD waits for new logs, in milliseconds: under the Redis
+/// client's 500 ms response timeout, and the longest a tail with no client
+/// left keeps reading.
+const READ_BLOCK_MS: u64 = 250;
+/// Pause after a failed read before the next one.
+const READ_RETRY: Duration = Duration::from_secs(1);
 /// Also bounds how long a client that went away holds its slot: actix notices
 /// a closed connection when it next writes to it.
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -45,7 +55,7 @@ const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
-    /// The tail has not read MongoDB successfully yet.
+    /// The tail is not following the stream (yet).
     Starting,
     /// Logs written from now on will be pushed.
     Ready,
@@ -55,7 +65,7 @@ enum Status {
 
 /// A log as every stream sends it: encoded once, shared by all.
 struct Published {
-    entry: LogEntry,
+    key: ItemKey,
     frame: Bytes,
 }
 
@@ -65,6 +75,8 @@ pub struct Hub {
     status: watch::Sender<Status>,
     permits: Arc<Semaphore>,
     max_streams: usize,
+    /// Open streams: the tail reads Redis only while this is above zero.
+    watchers: Arc<watch::Sender<usize>>,
     metrics: Arc<Metrics>,
 }
 
@@ -76,6 +88,7 @@ impl Hub {
             status: watch::channel(Status::Starting).0,
             permits: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            watchers: Arc::new(watch::channel(0).0),
             metrics,
         }
     }
@@ -91,6 +104,7 @@ impl Hub {
             return Err(LogsError::TooManyStreams(self.max_streams));
         };
         self.metrics.streams_active.inc();
+        self.watchers.send_modify(|n| *n += 1);
         let subscriber = Subscriber {
             logs: self.logs.subscribe(),
             status: self.status.subscribe(),
@@ -99,6 +113,7 @@ impl Hub {
             ready_sent: false,
             keepalive: keepalive(),
             _permit: permit,
+            watchers: self.watchers.clone(),
             metrics: self.metrics.clone(),
         };
         Ok(futures_util::stream::unfold(subscriber, |mut s| async move {
@@ -112,19 +127,34 @@ impl Hub {
         self.status.send_replace(Status::Closed);
     }
 
-    fn publish(&self, entry: LogEntry) {
-        let data = serde_json::to_string(&entry).unwrap_or_default();
-        let frame = Bytes::from(format!("event: log\ndata: {data}\n\n"));
+    /// Sends one encoded log item to every stream. An item that is not one
+    /// (written by something else than the consumer) is skipped.
+    fn publish(&self, item: &str) {
+        let Ok(key) = serde_json::from_str::<ItemKey>(item) else {
+            tracing::warn!(item, "not a log item in the live tail; skipped");
+            return;
+        };
+        let frame = Bytes::from(format!("event: log\ndata: {item}\n\n"));
         self.metrics.tail_published.inc();
         // No subscriber is not an error: nobody is watching.
-        let _ = self.logs.send(Arc::new(Published { entry, frame }));
+        let _ = self.logs.send(Arc::new(Published { key, frame }));
     }
 
     fn mark_ready(&self) {
+        self.set_status_from(Status::Starting, Status::Ready);
+    }
+
+    /// The tail stopped following the stream: streams that open now wait
+    /// for `ready` again.
+    fn mark_idle(&self) {
+        self.set_status_from(Status::Ready, Status::Starting);
+    }
+
+    fn set_status_from(&self, from: Status, to: Status) {
         self.status.send_if_modified(|status| {
-            let changed = *status == Status::Starting;
+            let changed = *status == from;
             if changed {
-                *status = Status::Ready;
+                *status = to;
             }
             changed
         });
@@ -146,6 +176,7 @@ struct Subscriber {
     ready_sent: bool,
     keepalive: Interval,
     _permit: OwnedSemaphorePermit,
+    watchers: Arc<watch::Sender<usize>>,
     metrics: Arc<Metrics>,
 }
 
@@ -172,7 +203,7 @@ impl Subscriber {
                     }
                 }
                 received = self.logs.recv() => match received {
-                    Ok(published) if self.filter.matches(&published.entry) => return Some(published.frame.clone()),
+                    Ok(published) if self.filter.matches(&published.key) => return Some(published.frame.clone()),
                     Ok(_) => {}
                     Err(RecvError::Lagged(skipped)) => {
                         self.metrics.stream_skipped.inc_by(skipped);
@@ -189,95 +220,111 @@ impl Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         self.metrics.streams_active.dec();
+        self.watchers.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
-/// Polls MongoDB every `every` and publishes the logs not seen before, until
-/// the task is aborted. See [`Tail`] for what "new" means.
-pub async fn run_tail(hub: Arc<Hub>, store: LogStore, every: Duration, lookback: Duration) {
-    let mut tail = Tail::new(lookback);
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut failing = false;
+/// Where the tail reads: the `logs:tail` Redis stream.
+#[derive(Clone)]
+pub struct TailSource {
+    pool: Pool,
+    key: String,
+}
+
+/// One stream entry: its id and the log item.
+type StreamEntry = (String, Vec<(String, String)>);
+
+impl TailSource {
+    pub fn new(pool: Pool, key: String) -> TailSource {
+        TailSource { pool, key }
+    }
+
+    /// The id of the newest entry, or "0-0" when the stream is empty.
+    async fn end(&self) -> Result<String, String> {
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let newest: Vec<StreamEntry> = redis::cmd("XREVRANGE")
+            .arg(&self.key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(newest.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    }
+
+    /// The entries after `after`, waiting up to [`READ_BLOCK_MS`] for one.
+    async fn read_after(&self, after: &str) -> Result<Vec<StreamEntry>, String> {
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let reply: Option<Vec<(String, Vec<StreamEntry>)>> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(READ_BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(after)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(reply.into_iter().flatten().flat_map(|(_, entries)| entries).collect())
+    }
+}
+
+/// Follows the stream while at least one client is connected and publishes
+/// each new log, until the task is aborted. With no client it waits, asking
+/// nothing of Redis; when the first one connects it starts again from the
+/// stream's newest entry, so clients get what is counted after they came.
+pub async fn run_tail(hub: Arc<Hub>, source: TailSource) {
+    let mut watchers = hub.watchers.subscribe();
     loop {
-        ticks.tick().await;
-        match store.newest_since(tail.since(), POLL_LIMIT).await {
-            Ok(batch) => {
+        if watchers.wait_for(|n| *n > 0).await.is_err() {
+            return;
+        }
+        follow(&hub, &source, &watchers).await;
+        hub.mark_idle();
+    }
+}
+
+/// Reads the stream until no client is left.
+async fn follow(hub: &Hub, source: &TailSource, watchers: &watch::Receiver<usize>) {
+    let mut after: Option<String> = None;
+    let mut failing = false;
+    while *watchers.borrow() > 0 {
+        let read = match &after {
+            None => source.end().await.map(|end| {
+                after = Some(end);
+                Vec::new()
+            }),
+            Some(id) => source.read_after(id).await,
+        };
+        let outcome = match read {
+            Ok(entries) => {
                 if failing {
-                    tracing::info!("live tail reads MongoDB again");
+                    tracing::info!("live tail reads Redis again");
                     failing = false;
                 }
-                for entry in tail.admit(batch) {
-                    hub.publish(entry);
+                for (id, fields) in entries {
+                    if let Some((_, item)) = fields.iter().find(|(name, _)| name == "log") {
+                        hub.publish(item);
+                    }
+                    after = Some(id);
                 }
                 hub.mark_ready();
-                hub.metrics
-                    .tail_polls
-                    .get_or_create(&OutcomeLabels { outcome: "ok" })
-                    .inc();
+                "ok"
             }
-            Err(e) => {
-                // Once per outage, not once per poll.
+            Err(error) => {
+                // Once per outage, not once per read.
                 if !failing {
-                    tracing::warn!(error = %e, detail = e.detail().unwrap_or_default(), "live tail cannot read MongoDB; retrying");
+                    tracing::warn!(%error, "live tail cannot read Redis; retrying");
                     failing = true;
                 }
-                hub.metrics
-                    .tail_polls
-                    .get_or_create(&OutcomeLabels { outcome: "error" })
-                    .inc();
+                tokio::time::sleep(READ_RETRY).await;
+                "error"
             }
-        }
-    }
-}
-
-/// Which logs the tail has already published.
-///
-/// Consumers write partitions in parallel, so a log can be written after a
-/// newer one (by `received_at`) was already seen. Each poll therefore reads
-/// again the last `lookback` of `received_at` before the newest log seen, and
-/// publishes only the (received_at, id) positions not seen yet. Positions
-/// older than the window are forgotten, so memory is bounded by what a
-/// window's polls return. The first poll only records what exists: the
-/// stream pushes logs written after it started.
-struct Tail {
-    lookback_ms: i64,
-    primed: bool,
-    seen: BTreeSet<(i64, String)>,
-}
-
-impl Tail {
-    fn new(lookback: Duration) -> Tail {
-        Tail {
-            lookback_ms: i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX),
-            primed: false,
-            seen: BTreeSet::new(),
-        }
-    }
-
-    /// The oldest `received_at` (ms) the next poll must read; `None` before
-    /// any log was seen (read the newest logs, whatever their age).
-    fn since(&self) -> Option<i64> {
-        self.seen
-            .last()
-            .map(|(newest, _)| newest.saturating_sub(self.lookback_ms))
-    }
-
-    /// Records a poll's logs and returns those to publish, oldest first.
-    fn admit(&mut self, batch: Vec<LogEntry>) -> Vec<LogEntry> {
-        let publish = std::mem::replace(&mut self.primed, true);
-        let mut fresh: Vec<LogEntry> = batch
-            .into_iter()
-            .filter(|entry| {
-                let (millis, id) = entry.position();
-                self.seen.insert((millis, id.to_owned())) && publish
-            })
-            .collect();
-        if let Some(floor) = self.since() {
-            self.seen = self.seen.split_off(&(floor, String::new()));
-        }
-        fresh.sort_by(|a, b| a.position().cmp(&b.position()));
-        fresh
+        };
+        hub.metrics.tail_polls.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 }
 
@@ -287,9 +334,10 @@ mod tests {
     use futures_util::StreamExt;
 
     use super::*;
+    use crate::log_entry::LogEntry;
 
-    fn entry(millis: i64, id: &str, band: &str) -> LogEntry {
-        LogEntry {
+    fn item(millis: i64, id: &str, band: &str) -> String {
+        serde_json::to_string(&LogEntry {
             id: id.into(),
             received_at: DateTime::from_timestamp_millis(millis).unwrap(),
             band: band.into(),
@@ -297,67 +345,30 @@ mod tests {
             year: 2000,
             rank: 5.0,
             route: "http".into(),
-        }
+        })
+        .unwrap()
     }
 
-    fn ids(entries: &[LogEntry]) -> Vec<&str> {
-        entries.iter().map(|e| e.id.as_str()).collect()
+    #[tokio::test]
+    async fn the_tail_is_told_how_many_streams_are_open() {
+        let hub = Hub::new(4, 10, Arc::new(Metrics::new()));
+        let watchers = hub.watchers.subscribe();
+        assert_eq!(*watchers.borrow(), 0);
+        let first = hub.subscribe(Filter::default()).unwrap();
+        let second = hub.subscribe(Filter::default()).unwrap();
+        assert_eq!(*watchers.borrow(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(*watchers.borrow(), 0, "no stream left: the tail stops reading");
     }
 
-    #[test]
-    fn the_first_poll_only_records_what_already_exists() {
-        let mut tail = Tail::new(Duration::from_millis(1_000));
-        assert_eq!(tail.since(), None);
-        assert!(
-            tail.admit(vec![entry(10_000, "a", "x"), entry(9_000, "b", "x")])
-                .is_empty()
-        );
-        assert_eq!(tail.since(), Some(9_000));
-    }
-
-    #[test]
-    fn later_polls_publish_only_unseen_logs_oldest_first() {
-        let mut tail = Tail::new(Duration::from_millis(1_000));
-        tail.admit(vec![entry(10_000, "a", "x")]);
-        let fresh = tail.admit(vec![
-            entry(10_500, "c", "x"),
-            entry(10_200, "b", "x"),
-            entry(10_000, "a", "x"),
-        ]);
-        assert_eq!(ids(&fresh), ["b", "c"]);
-        assert!(
-            tail.admit(vec![entry(10_500, "c", "x"), entry(10_200, "b", "x")])
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn a_log_written_late_within_the_lookback_is_still_published() {
-        let mut tail = Tail::new(Duration::from_millis(1_000));
-        tail.admit(vec![]);
-        assert_eq!(ids(&tail.admit(vec![entry(10_000, "new", "x")])), ["new"]);
-        // Written after "new" although received 600 ms before it.
-        assert_eq!(
-            ids(&tail.admit(vec![entry(10_000, "new", "x"), entry(9_400, "late", "x")])),
-            ["late"]
-        );
-    }
-
-    #[test]
-    fn an_empty_collection_at_start_means_the_first_logs_are_all_new() {
-        let mut tail = Tail::new(Duration::from_millis(1_000));
-        assert!(tail.admit(vec![]).is_empty());
-        assert_eq!(tail.since(), None);
-        assert_eq!(ids(&tail.admit(vec![entry(5, "first", "x")])), ["first"]);
-    }
-
-    #[test]
-    fn positions_older_than_the_window_are_forgotten() {
-        let mut tail = Tail::new(Duration::from_millis(1_000));
-        tail.admit((0..100).map(|i| entry(i * 100, &format!("{i:03}"), "x")).collect());
-        // Newest is 9 900 ms; the window keeps 8 900..=9 900.
-        assert_eq!(tail.seen.len(), 11);
-        assert_eq!(tail.since(), Some(8_900));
+    #[tokio::test]
+    async fn something_that_is_not_a_log_item_is_not_published() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(4, 10, metrics.clone());
+        hub.publish("not json");
+        hub.publish(r#"{"band": 5}"#);
+        assert_eq!(metrics.tail_published.get(), 0);
     }
 
     async fn frames(stream: impl Stream<Item = Result<Bytes, Infallible>>, n: usize) -> Vec<String> {
@@ -377,8 +388,8 @@ mod tests {
         };
         let stream = hub.subscribe(filter).unwrap();
         hub.mark_ready();
-        hub.publish(entry(1_000, "1", "drop"));
-        hub.publish(entry(2_000, "2", "keep"));
+        hub.publish(&item(1_000, "1", "drop"));
+        hub.publish(&item(2_000, "2", "keep"));
         let got = frames(stream, 3).await;
         assert!(got[0].starts_with("retry: 3000\n"));
         assert_eq!(got[1], "event: ready\ndata: {}\n\n");
@@ -401,7 +412,7 @@ mod tests {
         let stream = hub.subscribe(Filter::default()).unwrap();
         hub.mark_ready();
         for i in 0..5 {
-            hub.publish(entry(i, &i.to_string(), "x"));
+            hub.publish(&item(i, &i.to_string(), "x"));
         }
         let got = frames(stream, 5).await;
         assert_eq!(got[2], "event: skipped\ndata: {\"skipped\":3}\n\n");

@@ -87,6 +87,25 @@ impl Fixture {
         (total, offset, avg)
     }
 
+    /// The vote ids in the live-tail stream, oldest first.
+    async fn tail_ids(&self) -> Vec<String> {
+        let mut conn = self.pool.get().await.unwrap();
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&self.keys.logs_tail)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                let item: serde_json::Value = serde_json::from_str(&fields[0].1).unwrap();
+                item["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
     async fn clean(&self) {
         let mut conn = self.pool.get().await.unwrap();
         let _: i64 = redis::cmd("DEL")
@@ -114,10 +133,16 @@ async fn a_partly_replayed_batch_counts_only_its_new_records() {
     let f = Fixture::new();
     assert_eq!(f.apply(batch(-1, 0..=9)).await.ok(), Some(10));
     // Read again after a crash, with other batch boundaries: 5..=14 overlaps 5..=9.
-    assert_eq!(f.apply(batch(4, 5..=14)).await.ok(), Some(5));
+    let replay = batch(4, 5..=14);
+    assert_eq!(f.apply(replay.clone()).await.ok(), Some(5));
     let (total, offset, _) = f.state().await;
+    let tail = f.tail_ids().await;
     f.clean().await;
     assert_eq!((total, offset.as_str()), (15, "14"));
+    // The live tail got each vote once: 0..=9 from the first batch, then only 10..=14.
+    assert_eq!(tail.len(), 15);
+    let new_ids: Vec<String> = replay.votes().skip(5).map(|(_, v)| v.id.to_string()).collect();
+    assert_eq!(tail[10..], new_ids[..]);
 }
 
 #[tokio::test]

@@ -20,7 +20,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use votestream::config::{Cli, Command, LogsSettings};
+use votestream::log_entry::LogEntry;
 use votestream::logs::LogsApp;
+use votestream::redis_keys::RedisKeys;
 
 use crate::common::{delete_prefix, mongodb_uri, redis_url, unique};
 
@@ -64,8 +66,6 @@ impl TestApp {
             ("--mongodb-database", &database),
             ("--redis-url", &redis),
             ("--redis-key-prefix", &prefix),
-            // Quick polls keep the stream tests short; the bound is PATIENCE anyway.
-            ("--logs-poll-interval-ms", "100"),
         ];
         // A flag may be given once: `extra` replaces the default.
         let mut args: Vec<&str> = defaults
@@ -104,6 +104,40 @@ impl TestApp {
             .insert_many(logs)
             .await
             .expect("logs inserted");
+    }
+
+    /// What the consumer does for newly counted votes: logs them in MongoDB
+    /// and appends them, in order, to the `logs:tail` stream the live page reads.
+    pub async fn count(&self, logs: &[Document]) {
+        self.insert(logs).await;
+        let key = RedisKeys::new(&self.prefix).logs_tail;
+        let mut conn = self.redis().await;
+        for doc in logs {
+            let _: String = redis::cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("log")
+                .arg(item_of(doc))
+                .query_async(&mut conn)
+                .await
+                .expect("XADD to the live tail");
+        }
+    }
+
+    /// A counter of the app's `/metrics` (0 when the series is absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -156,6 +190,21 @@ pub fn log(id: &str, received_at_ms: i64, band: &str, album: &str, route: &str) 
         "partition": 0_i32,
         "offset": 0_i64,
     }
+}
+
+/// The live-tail item (the `/logs` JSON item) of a log document.
+pub fn item_of(doc: &Document) -> String {
+    let received_at = doc.get_datetime("received_at").expect("received_at").timestamp_millis();
+    let entry = LogEntry {
+        id: doc.get_str("_id").expect("_id").to_owned(),
+        received_at: DateTime::from_timestamp_millis(received_at).expect("instant"),
+        band: doc.get_str("name").expect("name").to_owned(),
+        album: doc.get_str("album").expect("album").to_owned(),
+        year: i64::from(doc.get_i32("year").expect("year")),
+        rank: doc.get_f64("rank").expect("rank"),
+        route: doc.get_str("route").expect("route").to_owned(),
+    };
+    serde_json::to_string(&entry).expect("item")
 }
 
 pub fn new_id() -> String {
@@ -307,15 +356,18 @@ async fn paging_with_the_cursor_through_1000_logs_while_new_ones_arrive_returns_
     assert_eq!(seen.len(), 1_000, "every old log once, nothing new");
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 1_000, "no log twice");
     assert_eq!(seen, expected, "(received_at, id) descending across pages");
-
-    let logs = app.db.collection::<Document>("logs");
-    let logs = &logs;
-    eventually("the paging index", || async move {
-        let names = logs.list_index_names().await.ok()?;
-        names.iter().any(|name| name == "received_at_-1__id_-1").then_some(())
-    })
-    .await;
     app.finish().await;
+}
+
+#[tokio::test]
+async fn the_consumer_creates_the_index_that_serves_the_page_order() {
+    let database = unique("logs-index");
+    let logs = votestream::consumer::mongo_sink::logs_collection(&mongodb_uri(), &database)
+        .await
+        .expect("logs collection");
+    let names = logs.list_index_names().await.expect("index names");
+    logs.drop().await.expect("drop");
+    assert!(names.iter().any(|name| name == "received_at_desc_id_desc"), "{names:?}");
 }
 
 #[tokio::test]

@@ -193,7 +193,7 @@ async fn the_page_shows_the_last_20_logs_then_a_new_vote_live_with_a_script_band
             .await
             .expect("mark the document");
         let now = Utc::now().timestamp_millis();
-        app.insert(&[log("live-1", now, SCRIPT_BAND, BOLD_ALBUM, "http")]).await;
+        app.count(&[log("live-1", now, SCRIPT_BAND, BOLD_ALBUM, "http")]).await;
         let (lines, _) = eventually("the new vote to appear", || async move {
             let (lines, status) = screen(browser).await;
             (lines.len() == 21 && status == "live").then_some((lines, status))

@@ -1,5 +1,8 @@
-//! `/logs/stream` over real HTTP: new logs (even late ones) pushed, the band
-//! filter, the stream limit, and streams ending on shutdown.
+//! `/logs/stream` over real HTTP: newly counted logs pushed once, in order,
+//! the band filter, no reads while nobody watches, the stream limit, and
+//! streams ending on shutdown.
+
+use std::time::Duration;
 
 use chrono::Utc;
 use reqwest::StatusCode;
@@ -63,29 +66,59 @@ impl Events {
 }
 
 #[tokio::test]
-async fn the_stream_pushes_new_logs_even_one_logged_late_and_honours_the_band_filter() {
+async fn the_stream_pushes_newly_counted_logs_once_in_order_and_honours_the_band_filter() {
     let now = Utc::now().timestamp_millis();
-    let existing = log("existing", now - 60_000, "Malacates Trébol Shop", "Niño", "http");
-    let app = TestApp::spawn_with_logs(&[], &[existing]).await;
+    let app = TestApp::spawn(&[]).await;
+    // Counted before the client came: not pushed.
+    app.count(&[log("existing", now - 60_000, "Malacates Trébol Shop", "Niño", "http")])
+        .await;
     let mut events = Events::open(&app, "/logs/stream?band=Malacates+Tr%C3%A9bol+Shop").await;
     events.expect("ready").await;
 
-    app.insert(&[
+    app.count(&[
         log("other-band", now, "Alux Nahual", "Fiebre", "grpc"),
         log("new", now + 1, "Malacates Trébol Shop", "Niño", "grpc"),
+        // Counted after "new" although received two seconds before it (another
+        // partition lagged): pushed in the order it was counted.
+        log("late", now - 2_000, "Malacates Trébol Shop", "Niño", "http"),
     ])
     .await;
     let first: Value = serde_json::from_str(&events.expect("log").await).unwrap();
     assert_eq!(first["id"], "new", "neither the existing log nor another band's");
     assert_eq!(first["band"], "Malacates Trébol Shop");
     assert!(first["date"].is_string() && first["time"].is_string());
-
-    // Logged after "new" although received two seconds before it, as when
-    // another consumer's partition lags.
-    app.insert(&[log("late", now - 2_000, "Malacates Trébol Shop", "Niño", "http")])
-        .await;
     let late: Value = serde_json::from_str(&events.expect("log").await).unwrap();
     assert_eq!(late["id"], "late");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn with_no_client_connected_the_tail_reads_nothing() {
+    const READS: &str = "logs_tail_polls_total{outcome=\"ok\"}";
+    let app = TestApp::spawn(&[]).await;
+    let now = Utc::now().timestamp_millis();
+    app.count(&[log("before", now, "La Tona", "Tona", "http")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.metric(READS).await, 0.0, "no read while nobody watches");
+
+    let mut events = Events::open(&app, "/logs/stream").await;
+    events.expect("ready").await;
+    app.count(&[log("watched", now, "La Tona", "Tona", "http")]).await;
+    let item: Value = serde_json::from_str(&events.expect("log").await).unwrap();
+    assert_eq!(item["id"], "watched");
+    assert!(app.metric(READS).await > 0.0);
+
+    // The client leaves: the tail notices at its next read, then stops.
+    drop(events);
+    let app_ref = &app;
+    let settled = eventually("the tail to stop reading", || async move {
+        let before = app_ref.metric(READS).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (app_ref.metric(READS).await == before).then_some(before)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.metric(READS).await, settled, "no read after the last client left");
     app.finish().await;
 }
 

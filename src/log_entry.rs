@@ -1,0 +1,136 @@
+//! One log as users see it: the JSON item of `GET /logs`, of the live
+//! stream's `log` events, and of the `logs:tail` Redis stream the consumer
+//! feeds (DESIGN.md, "The live tail"). The consumer encodes it, the logs app
+//! reads it back, so both sides share this one type.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::vote::{VoteRecord, format_instant};
+
+/// One vote as the logs app shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub id: String,
+    pub received_at: DateTime<Utc>,
+    pub band: String,
+    pub album: String,
+    pub year: i64,
+    pub rank: f64,
+    pub route: String,
+}
+
+impl LogEntry {
+    /// The position of this log in the (received_at, _id) order.
+    pub fn position(&self) -> (i64, &str) {
+        (self.received_at.timestamp_millis(), &self.id)
+    }
+}
+
+/// The JSON item of `/logs` and `/logs/stream`: the UTC date and time as the
+/// page prints them, plus the exact instant.
+impl Serialize for LogEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Item<'a> {
+            id: &'a str,
+            date: String,
+            time: String,
+            received_at: String,
+            band: &'a str,
+            album: &'a str,
+            year: i64,
+            rank: f64,
+            route: &'a str,
+        }
+        Item {
+            id: &self.id,
+            date: self.received_at.format("%Y-%m-%d").to_string(),
+            time: self.received_at.format("%H:%M:%S").to_string(),
+            received_at: format_instant(&self.received_at),
+            band: &self.band,
+            album: &self.album,
+            year: self.year,
+            rank: self.rank,
+            route: &self.route,
+        }
+        .serialize(s)
+    }
+}
+
+impl From<&VoteRecord> for LogEntry {
+    fn from(vote: &VoteRecord) -> LogEntry {
+        LogEntry {
+            id: vote.id.to_string(),
+            received_at: vote.received_at,
+            band: vote.name.clone(),
+            album: vote.album.clone(),
+            year: i64::from(vote.year),
+            rank: vote.rank,
+            route: vote.route.as_str().to_owned(),
+        }
+    }
+}
+
+/// The fields a live-stream filter looks at, read back from an encoded item.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ItemKey {
+    pub band: String,
+    pub album: String,
+    pub route: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_carries_the_utc_date_time_and_the_exact_instant() {
+        let entry = LogEntry {
+            id: "v1".into(),
+            received_at: DateTime::from_timestamp_millis(1_764_181_439_123).unwrap(),
+            band: "<script>alert(1)</script>".into(),
+            album: "Fiebre".into(),
+            year: 1995,
+            rank: 8.5,
+            route: "grpc".into(),
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": "v1",
+                "date": "2025-11-26",
+                "time": "18:23:59",
+                "received_at": "2025-11-26T18:23:59.123Z",
+                "band": "<script>alert(1)</script>",
+                "album": "Fiebre",
+                "year": 1995,
+                "rank": 8.5,
+                "route": "grpc",
+            })
+        );
+    }
+
+    #[test]
+    fn an_encoded_item_gives_back_the_fields_filters_look_at() {
+        let entry = LogEntry {
+            id: "v1".into(),
+            received_at: DateTime::from_timestamp_millis(0).unwrap(),
+            band: "Bohemia Suburbana".into(),
+            album: "Mil Palabras".into(),
+            year: 1998,
+            rank: 9.0,
+            route: "http".into(),
+        };
+        let key: ItemKey = serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
+        assert_eq!(
+            key,
+            ItemKey {
+                band: "Bohemia Suburbana".into(),
+                album: "Mil Palabras".into(),
+                route: "http".into()
+            }
+        );
+    }
+}
