@@ -239,6 +239,18 @@ def counted(pipeline: Pipeline) -> int | None:
         return None
 
 
+def consumer_lag(pipeline: Pipeline) -> int | None:
+    """The consumer's lag (records not yet read, from its /metrics)."""
+    try:
+        with urllib.request.urlopen(pipeline.url("CONSUMER_HTTP_ADDR", "/metrics"), timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("votestream_consumer_lag "):
+                    return int(float(line.split()[1]))
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def table(headers: list[str], rows: list[list], left: int = 1) -> str:
     """Aligned columns: the first `left` ones to the left, numbers to the right."""
     cells = [headers] + [[str(c) for c in row] for row in rows]
@@ -325,14 +337,19 @@ def main() -> int:
         load = Load(pipeline, args.users, args.batch)
         phase(5, f"Locust: {args.users} gRPC users and {args.users} HTTP users for {args.duration} s, at once")
         progress = Progress()
+        max_lag, max_behind, behind_at = 0, 0, 0.0
         load.start()
         while load.elapsed() < args.duration and not interrupted.is_set():
             pipeline.check_alive()
-            now, sent, seen = load.elapsed(), locustfile.TALLY.accepted(), counted(pipeline)
+            now, sent, seen, lag = load.elapsed(), locustfile.TALLY.accepted(), counted(pipeline), consumer_lag(pipeline)
             seen_text = "?" if seen is None else f"{seen - before:,}"
+            lag_text = "?" if lag is None else f"{lag:,}"
+            max_lag = max(max_lag, lag or 0)
+            if seen is not None and sent - (seen - before) > max_behind:
+                max_behind, behind_at = sent - (seen - before), sent / max(now, 1e-3)
             progress.show(
                 f"{bar(now / args.duration)} {now:4.0f}/{args.duration} s  votes accepted {sent:,}  "
-                f"counted in Redis {seen_text}"
+                f"counted in Redis {seen_text}  consumer lag {lag_text}"
             )
             interrupted.wait(max(0.0, min(1.0, args.duration - load.elapsed())))
         load.stop()
@@ -358,6 +375,12 @@ def main() -> int:
 
         phase(6, "results")
         results = _json(pipeline.url("LOGS_ADDR", "/results"))
+        say()
+        trail = max_behind / behind_at if behind_at else 0.0
+        say(
+            f"Largest consumer lag seen: {max_lag:,} records; counting trailed acceptance by at most "
+            f"{max_behind:,} votes (about {trail:.1f} s of traffic at the rate then)"
+        )
         say()
         print_standings(results, results["total"] - before, pipeline.url("LOGS_ADDR", "/results"))
         say()

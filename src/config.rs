@@ -200,16 +200,22 @@ pub struct ConsumerArgs {
     /// Kafka consumer group.
     #[arg(long, env = "CONSUMER_GROUP", default_value = "votestream-consumer")]
     pub consumer_group: String,
-    /// A batch is handed to the sinks when it holds this many records...
+    /// Most records in one batch. A batch is handed to the sinks as soon as they have room and
+    /// no further record is ready to read, so a trickle of votes leaves at once; a backlog
+    /// forms batches of this many.
     #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1_000)]
     pub batch_max_records: usize,
-    /// ...or when its first record is this old, in milliseconds.
+    /// Longest a batch stays open while records keep coming, in milliseconds.
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
     /// Batches in flight to the sinks at once (each sink's actix mailbox holds one more); when
     /// all are in flight, reading pauses until one is written.
-    #[arg(long, env = "MAILBOX_CAPACITY", default_value_t = 4)]
+    #[arg(long, env = "MAILBOX_CAPACITY", default_value_t = 8)]
     pub mailbox_capacity: usize,
+    /// Log batches the Mongo logger writes at once (concurrent insert_many calls); offsets are
+    /// still committed in order. The Redis script always applies one batch at a time.
+    #[arg(long, env = "MONGO_WRITERS", default_value_t = 4)]
+    pub mongo_writers: usize,
     /// First delay before an actor reconnects after an I/O failure, in milliseconds (doubles each time).
     #[arg(long, env = "RESTART_BACKOFF_MIN_MS", default_value_t = 100)]
     pub restart_backoff_min_ms: u64,

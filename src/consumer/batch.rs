@@ -52,7 +52,10 @@ impl Batch {
     }
 }
 
-/// Collects entries until a batch is full by count or old enough by time.
+/// Collects entries until a batch is due: full by count, old enough by time,
+/// or, adaptively, as soon as the reader has nothing more ready. A trickle of
+/// votes then leaves at once instead of waiting out the age limit, while a
+/// backlog (records always ready) still forms full batches.
 #[derive(Debug)]
 pub struct Batcher {
     max_records: usize,
@@ -93,6 +96,11 @@ impl Batcher {
 
     pub fn is_due(&self, now: Instant) -> bool {
         self.is_full() || self.deadline().is_some_and(|d| now >= d)
+    }
+
+    /// Due, or holding something while no further record is ready to read.
+    pub fn should_leave(&self, now: Instant, more_ready: bool) -> bool {
+        self.is_due(now) || (!more_ready && !self.is_empty())
     }
 
     /// Keeps only the entries `keep` accepts (after a partition was revoked).
@@ -174,6 +182,32 @@ mod tests {
         assert_eq!(b.deadline(), Some(now + Duration::from_millis(50)));
         assert!(!b.is_due(now + Duration::from_millis(49)));
         assert!(b.is_due(now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn a_trickle_leaves_at_once_when_nothing_more_is_ready() {
+        let now = Instant::now();
+        let mut b = Batcher::new(1_000, Duration::from_millis(50));
+        assert!(!b.should_leave(now, false), "an empty batch never leaves");
+        b.push(entry(0, 0), now);
+        assert!(!b.is_due(now));
+        assert!(
+            b.should_leave(now, false),
+            "one vote and nothing behind it: it leaves now"
+        );
+    }
+
+    #[test]
+    fn a_backlog_forms_full_batches() {
+        let now = Instant::now();
+        let mut b = Batcher::new(1_000, Duration::from_millis(50));
+        for offset in 0..999 {
+            b.push(entry(0, offset), now);
+            assert!(!b.should_leave(now, true), "more records are ready: keep filling");
+        }
+        b.push(entry(0, 999), now);
+        assert!(b.should_leave(now, true));
+        assert_eq!(b.take(1, "votes", &mut BTreeMap::new()).entries.len(), 1_000);
     }
 
     #[test]

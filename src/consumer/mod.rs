@@ -61,6 +61,7 @@ async fn serve(
     let redis = RedisAggregator::new(
         RedisWriter::new(&settings.redis.redis_url, config.keys.clone(), metrics.clone()),
         config.max_in_flight,
+        1,
         config.backoff.clone(),
         metrics.clone(),
     )
@@ -68,6 +69,7 @@ async fn serve(
     let mongo = MongoLogger::new(
         MongoWriter::new(&settings.mongo.mongodb_uri, &settings.mongo.mongodb_database),
         config.max_in_flight,
+        settings.consumer.mongo_writers,
         config.backoff.clone(),
         metrics.clone(),
     )

@@ -1,7 +1,9 @@
 //! The Kafka reader actor: reads `votes`, decodes and validates each record
 //! (bad ones go to the dead-letter topic), forms batches by count and time,
 //! hands each batch to both sinks and commits offsets once both have written
-//! it, in partition order.
+//! it, in partition order. A batch leaves when it is full, when it is old
+//! enough, or as soon as no further record is ready while a sink has room
+//! (adaptive batching: low latency under light load, full batches in a drain).
 //!
 //! Backpressure: at most `mailbox_capacity` batches are in flight and each
 //! sink's actix channel holds one more, so every `Addr::send` finds room and
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -256,9 +259,27 @@ impl ReadLoop {
                 self.rewind(&consumer, &mut st).await?;
             }
             let can_dispatch = !st.rewind && st.in_flight.len() < self.config.max_in_flight;
-            if can_dispatch && st.batcher.is_due(Instant::now()) {
-                self.dispatch(&mut st);
-                continue;
+            if can_dispatch && !st.batcher.is_empty() {
+                // Adaptive batching: while the batch is not due, take what is ready
+                // now; when nothing is, it leaves at once rather than at its age limit.
+                let now = Instant::now();
+                let ready = if st.batcher.is_due(now) {
+                    None
+                } else {
+                    consumer.recv().now_or_never()
+                };
+                if let Some(received) = ready {
+                    self.apply_rebalances(&consumer, &mut st);
+                    match received {
+                        Ok(msg) => self.take_record(&dlq, &mut st, &msg).await?,
+                        Err(error) => tracing::warn!(%error, "kafka consumer error"),
+                    }
+                    continue;
+                }
+                if st.batcher.should_leave(now, false) {
+                    self.dispatch(&mut st);
+                    continue;
+                }
             }
             // While the open batch cannot be handed on, take no more records. A short
             // wait is the rhythm of a drain: the records librdkafka prefetched wait for

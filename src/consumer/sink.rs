@@ -1,10 +1,15 @@
 //! The supervised sink actor shared by the Redis aggregator and the Mongo
-//! logger. Each sink writes batches strictly in mailbox order. When a write
-//! fails on I/O, the actor keeps the batch (and the reader's reply channel),
-//! stops its context and is restarted by `actix::Supervisor` with capped
-//! exponential backoff; on restart it reconnects and writes the kept batch
-//! before it takes the next message, so order holds and nothing is dropped.
-//! The reader's `Addr::send(..).await` resolves only when a batch is written.
+//! logger. A sink has up to `concurrency` writes in flight, started in
+//! mailbox order: the Redis aggregator one (its script is fenced by offsets,
+//! so batches apply strictly in order), the Mongo logger several (log writes
+//! are idempotent, so their order does not matter, and a database serves
+//! several writers better than one). When a write fails on I/O, the actor
+//! keeps the batch (and the reader's reply channel), lets the other writes in
+//! flight finish, stops its context and is restarted by `actix::Supervisor`
+//! with capped exponential backoff; on restart it reconnects and writes the
+//! kept batches before it takes the next message, so nothing is dropped.
+//! The reader's `Addr::send(..).await` resolves only when a batch is written,
+//! and the reader commits offsets in batch order whatever order they finish in.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -104,19 +109,26 @@ type Reply = oneshot::Sender<Result<Written, SinkError>>;
 pub struct SinkActor<S: Sink> {
     sink: S,
     conn: Option<S::Conn>,
-    /// A batch whose write failed, with the reader's reply channel: written first after a restart.
-    kept: Option<(SharedBatch, Reply)>,
+    /// Batches whose write failed or found no connection, with the reader's
+    /// reply channels: written first after a restart.
+    kept: Vec<(SharedBatch, Reply)>,
+    /// Writes started and not finished.
+    in_flight: usize,
+    /// Most writes in flight at once (at least 1).
+    concurrency: usize,
     backoff: Backoff,
     capacity: usize,
     metrics: Arc<ConsumerMetrics>,
 }
 
 impl<S: Sink> SinkActor<S> {
-    pub fn new(sink: S, capacity: usize, backoff: Backoff, metrics: Arc<ConsumerMetrics>) -> Self {
+    pub fn new(sink: S, capacity: usize, concurrency: usize, backoff: Backoff, metrics: Arc<ConsumerMetrics>) -> Self {
         SinkActor {
             sink,
             conn: None,
-            kept: None,
+            kept: Vec::new(),
+            in_flight: 0,
+            concurrency: concurrency.max(1),
             backoff,
             capacity,
             metrics,
@@ -132,39 +144,62 @@ impl<S: Sink> SinkActor<S> {
         ConsumerMetrics::set_up(S::up_flag(&self.metrics), up);
     }
 
-    /// Writes one batch, holding the mailbox until it is done.
+    /// Starts writing one batch. The mailbox stays open while fewer than
+    /// `concurrency` writes are in flight; the write that reaches the limit
+    /// holds it until that write is done.
     fn write(&mut self, batch: SharedBatch, reply: Reply, ctx: &mut Context<Self>) {
         let Some(conn) = self.conn.clone() else {
-            self.kept = Some((batch, reply));
-            ctx.stop();
+            self.keep(batch, reply, ctx);
             return;
         };
+        self.in_flight += 1;
         let started = Instant::now();
         let write = self.sink.write(conn, batch.clone());
-        ctx.wait(write.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(written) => {
-                act.backoff.reset();
-                act.metrics
-                    .apply_seconds
-                    .get_or_create(&SinkLabel { sink: S::NAME })
-                    .observe(started.elapsed().as_secs_f64());
-                act.metrics
-                    .batches_applied
-                    .get_or_create(&SinkLabel { sink: S::NAME })
-                    .inc();
-                let _ = reply.send(Ok(written));
+        let done = write.into_actor(self).map(move |result, act, ctx| {
+            act.in_flight -= 1;
+            match result {
+                Ok(written) => {
+                    act.backoff.reset();
+                    act.metrics
+                        .apply_seconds
+                        .get_or_create(&SinkLabel { sink: S::NAME })
+                        .observe(started.elapsed().as_secs_f64());
+                    act.metrics
+                        .batches_applied
+                        .get_or_create(&SinkLabel { sink: S::NAME })
+                        .inc();
+                    let _ = reply.send(Ok(written));
+                }
+                Err(WriteFailure::Refused(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                Err(WriteFailure::Io(error)) => {
+                    if act.conn.take().is_some() {
+                        tracing::warn!(actor = S::NAME, %error, "write failed; restarting");
+                        act.set_up(false);
+                    }
+                    act.kept.push((batch, reply));
+                }
             }
-            Err(WriteFailure::Refused(e)) => {
-                let _ = reply.send(Err(e));
-            }
-            Err(WriteFailure::Io(error)) => {
-                tracing::warn!(actor = S::NAME, %error, "write failed; restarting");
-                act.set_up(false);
-                act.conn = None;
-                act.kept = Some((batch, reply));
+            // A connection lost while other writes were in flight: restart once they are done.
+            if act.conn.is_none() && act.in_flight == 0 {
                 ctx.stop();
             }
-        }));
+        });
+        if self.in_flight >= self.concurrency {
+            ctx.wait(done);
+        } else {
+            ctx.spawn(done);
+        }
+    }
+
+    /// Keeps a batch for after the restart; restarts now unless other writes
+    /// are still in flight (the last of them restarts).
+    fn keep(&mut self, batch: SharedBatch, reply: Reply, ctx: &mut Context<Self>) {
+        self.kept.push((batch, reply));
+        if self.in_flight == 0 {
+            ctx.stop();
+        }
     }
 }
 
@@ -189,7 +224,9 @@ impl<S: Sink> Actor for SinkActor<S> {
                     tracing::info!(actor = S::NAME, "connected");
                     act.conn = Some(conn);
                     act.set_up(true);
-                    if let Some((batch, reply)) = act.kept.take() {
+                    let mut kept = std::mem::take(&mut act.kept);
+                    kept.sort_by_key(|(batch, _)| batch.seq);
+                    for (batch, reply) in kept {
                         act.write(batch, reply, ctx);
                     }
                 }

@@ -284,3 +284,87 @@ async fn read_all(
         }
     }
 }
+
+/// The live page's feed: every counted vote once in `logs:tail`, in offset
+/// order within each partition, through a SIGKILL of the consumer and a
+/// Mongo outage (the stream is capped at about 10,000 logs, so the backlog
+/// stays under it).
+#[tokio::test]
+async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_outage() {
+    use std::collections::{BTreeMap, HashMap};
+
+    use deadpool_redis::redis;
+    use futures_util::TryStreamExt;
+    use mongodb::bson::Document;
+
+    let _turn = HEAVY.lock().await;
+    let mut world = World::new("tail").await;
+    let mut mongo = PrivateMongo::start(&world.dir);
+    world.mongodb_uri = mongo.uri();
+    let n = 8_000;
+    let (records, expected) = votes(n);
+    produce(&world.topic.name, &records).await;
+    let small_batches = [("BATCH_MAX_RECORDS", "100")];
+    let mut consumer = world.spawn_consumer(0, &small_batches);
+    let seen = progress_past(&world, 1_500).await;
+    consumer.kill9();
+    eprintln!("consumer killed at {seen} counted");
+    let mut consumer = world.spawn_consumer(1, &small_batches);
+    let floor = progress_past(&world, seen).await;
+    mongo.crash();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mongo.start_again();
+    eprintln!("mongo down for 3 s at {floor} counted");
+    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+
+    let mut conn = world.redis().await;
+    let tail: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{}logs:tail", world.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE logs:tail");
+    let ids: Vec<String> = tail
+        .iter()
+        .map(|(_, fields)| {
+            let item: serde_json::Value = serde_json::from_str(&fields[0].1).expect("a log item");
+            item["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), n, "one entry per vote, none twice");
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), n);
+
+    // Where each vote sits in Kafka, from its log.
+    let logs: Vec<Document> = world
+        .logs()
+        .await
+        .find(mongodb::bson::doc! {})
+        .await
+        .expect("find logs")
+        .try_collect()
+        .await
+        .expect("read logs");
+    let position: HashMap<String, (i32, i64)> = logs
+        .iter()
+        .map(|d| {
+            let id = d.get_str("_id").unwrap().to_owned();
+            let partition = d.get_i32("partition").unwrap();
+            let offset = d.get_i64("offset").unwrap();
+            (id, (partition, offset))
+        })
+        .collect();
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for id in &ids {
+        let (partition, offset) = position[id];
+        let previous = last.insert(partition, offset).unwrap_or(-1);
+        assert!(
+            offset > previous,
+            "partition {partition}: offset {offset} after {previous}"
+        );
+    }
+    assert!(consumer.terminate().success());
+    world.clean().await;
+}

@@ -20,6 +20,21 @@ pub struct Drained {
     /// From the process start to the first batch counted (group join, connections).
     pub startup_s: f64,
     pub peak_rss_mib: f64,
+    /// With a logs page open: what its clients saw.
+    pub page: Option<PageSeen>,
+}
+
+/// What the logs page's clients saw during a drain by `votestream all`.
+#[derive(Debug, Default)]
+pub struct PageSeen {
+    /// `GET /logs?limit=20`, ms per answered page (200).
+    pub first_ms: Vec<f64>,
+    /// `GET /logs?limit=20&before=...`, one page deeper each second, ms.
+    pub before_ms: Vec<f64>,
+    /// Pages not answered 200 (503 when the database is too slow).
+    pub failed: usize,
+    /// `log` events the live stream pushed.
+    pub streamed: usize,
 }
 
 pub struct Outage {
@@ -33,7 +48,16 @@ const POLL: Duration = Duration::from_millis(50);
 /// Committed offsets are asked of the group coordinator less often.
 const COMMITTED_POLL: Duration = Duration::from_millis(250);
 
-pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str) -> anyhow::Result<Drained> {
+/// Drains `topic` with `votestream consumer`, or with `page`, with `votestream
+/// all` while a logs page is open: one client on `/logs/stream` and one
+/// `GET /logs?limit=20` (plus one page deeper) each second.
+pub async fn drain(
+    stack: &Stack,
+    topic: &str,
+    outage: Option<Outage>,
+    page: bool,
+    log: &str,
+) -> anyhow::Result<Drained> {
     let ends = stack.high_watermarks(topic)?;
     let expected: i64 = ends.values().sum();
     let group = unique("drain-group");
@@ -47,11 +71,19 @@ pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str
         None => (stack.mongodb_uri.clone(), stack.database("drain")),
     };
     let committed = stack.committed_reader(&group, topic, ends.keys().copied().collect())?;
-    let env = stack.consumer_env(topic, &group, &prefix, &uri, &database)?;
+    let mut env = stack.consumer_env(topic, &group, &prefix, &uri, &database)?;
+    let logs_addr = format!("127.0.0.1:{}", crate::stack::free_port()?);
+    if page {
+        env.push(("LOGS_ADDR", logs_addr.clone()));
+        env.push(("GRPC_ADDR", format!("127.0.0.1:{}", crate::stack::free_port()?)));
+        env.push(("HTTP_ADDR", format!("127.0.0.1:{}", crate::stack::free_port()?)));
+    }
     let mut redis = stack.redis().await?;
 
     let started = Instant::now();
-    let mut consumer = stack.spawn_votestream(&["consumer"], &env, log)?;
+    let mut consumer = stack.spawn_votestream(&[if page { "all" } else { "consumer" }], &env, log)?;
+    let (stop_page, page_stopped) = tokio::sync::watch::channel(false);
+    let page_task = page.then(|| tokio::spawn(open_page(format!("http://{logs_addr}"), page_stopped)));
     let mut first_counted = None;
     let mut outage_pending = outage;
     let mut last_committed_check = Instant::now();
@@ -85,6 +117,11 @@ pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str
             }
         }
     };
+    let _ = stop_page.send(true);
+    let page = match page_task {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
     let peak_rss_mib = consumer.peak_rss_mib().context("reading the consumer's VmHWM")?;
     let status = consumer.terminate()?;
     anyhow::ensure!(status.success(), "the consumer exited with {status} on SIGTERM");
@@ -114,5 +151,62 @@ pub async fn drain(stack: &Stack, topic: &str, outage: Option<Outage>, log: &str
         votes_per_s: expected as f64 / (done - first).as_secs_f64(),
         startup_s: (first - started).as_secs_f64(),
         peak_rss_mib,
+        page,
     })
+}
+
+/// A logs page open until `stop`: the live stream read as it comes, and each
+/// second the newest page and one page deeper than the last.
+async fn open_page(base: String, mut stop: tokio::sync::watch::Receiver<bool>) -> PageSeen {
+    let http = reqwest::Client::new();
+    let mut seen = PageSeen::default();
+    let mut stream: Option<reqwest::Response> = None;
+    let mut deeper: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return seen,
+            chunk = async { stream.as_mut()?.chunk().await.ok().flatten() }, if stream.is_some() => {
+                match chunk {
+                    Some(bytes) => seen.streamed += bytes.windows(10).filter(|w| w == b"event: log").count(),
+                    None => stream = None,
+                }
+            }
+            _ = tick.tick() => {
+                if stream.is_none() {
+                    stream = http.get(format!("{base}/logs/stream")).send().await.ok().filter(|r| r.status().is_success());
+                }
+                let (first, next) = page_ms(&http, &format!("{base}/logs?limit=20")).await;
+                match first {
+                    Some(ms) => seen.first_ms.push(ms),
+                    None => seen.failed += 1,
+                }
+                let cursor = deeper.take().or(next);
+                if let Some(cursor) = cursor {
+                    let (ms, next) = page_ms(&http, &format!("{base}/logs?limit=20&before={cursor}")).await;
+                    match ms {
+                        Some(ms) => seen.before_ms.push(ms),
+                        None => seen.failed += 1,
+                    }
+                    deeper = next;
+                }
+            }
+        }
+    }
+}
+
+/// One page: the time it took (`None` unless 200) and its `next` cursor.
+async fn page_ms(http: &reqwest::Client, url: &str) -> (Option<f64>, Option<String>) {
+    let started = Instant::now();
+    let Ok(response) = http.get(url).send().await else {
+        return (None, None);
+    };
+    if !response.status().is_success() {
+        return (None, None);
+    }
+    let Ok(body) = response.json::<serde_json::Value>().await else {
+        return (None, None);
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    (Some(ms), body["next"].as_str().map(str::to_owned))
 }

@@ -37,6 +37,8 @@ enum Section {
     Memory,
     Ingress,
     E2e,
+    /// The drain by the consumer alone, then by `votestream all` with a logs page open.
+    Pipeline,
 }
 
 #[derive(Debug, Parser)]
@@ -72,7 +74,7 @@ struct Args {
     )]
     mongodb_uri: String,
     /// Sections to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["raw", "drain", "memory", "ingress", "e2e"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["raw", "drain", "memory", "pipeline", "ingress", "e2e"])]
     only: Vec<Section>,
     /// Repetitions of every measurement (figures are their medians).
     #[arg(long, default_value_t = 3)]

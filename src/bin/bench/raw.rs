@@ -8,8 +8,8 @@
 //!   to the end.
 //! - Redis: the aggregator's write (pre-aggregation plus one `apply.lua` call
 //!   per batch), one batch after another, as the sink actor writes them.
-//! - Mongo: the logger's write (one unordered `insert_many` per batch), one
-//!   batch after another.
+//! - Mongo: the logger's write (one unordered `insert_many` per batch), with
+//!   1, 2, 4 or 8 batches in flight at once (the logger keeps several).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,11 +128,23 @@ pub async fn redis(stack: &Stack, batches: &[SharedBatch]) -> anyhow::Result<f64
     Ok(votes as f64 / elapsed.as_secs_f64())
 }
 
-/// Inserts the log documents of `batches` into a fresh database; returns documents/s.
-pub async fn mongo(stack: &Stack, batches: &[SharedBatch]) -> anyhow::Result<f64> {
+/// Inserts the log documents of `batches` into a fresh database, `writers`
+/// batches in flight at once; returns documents/s.
+pub async fn mongo(stack: &Stack, batches: &[SharedBatch], writers: usize) -> anyhow::Result<f64> {
     let database = stack.database("raw-mongo");
     let writer = MongoWriter::new(&stack.mongodb_uri, &database);
-    let (docs, elapsed) = write_all(&writer, batches).await?;
+    let conn = writer.connect().await.map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let written: Vec<_> = futures_util::stream::iter(batches)
+        .map(|batch| writer.write(conn.clone(), batch.clone()))
+        .buffer_unordered(writers.max(1))
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let mut docs = 0;
+    for result in written {
+        docs += result.map_err(failure)?.votes;
+    }
     stack.drop_database(&database).await;
     let expected: usize = batches.iter().map(|b| b.vote_count()).sum();
     anyhow::ensure!(docs == expected, "Mongo inserted {docs} of {expected} documents");
