@@ -318,14 +318,25 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
     wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
 
+    // Read in pages: one reply of 8,000 entries can outlast the client's response timeout.
     let mut conn = world.redis().await;
-    let tail: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("{}logs:tail", world.prefix))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("XRANGE logs:tail");
+    let mut tail: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    loop {
+        let from = tail.last().map_or_else(|| "-".to_owned(), |(id, _)| format!("({id}"));
+        let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("{}logs:tail", world.prefix))
+            .arg(from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE logs:tail");
+        if page.is_empty() {
+            break;
+        }
+        tail.extend(page);
+    }
     let ids: Vec<String> = tail
         .iter()
         .map(|(_, fields)| {
