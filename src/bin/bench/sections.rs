@@ -141,7 +141,7 @@ async fn raw_read_and_sinks(args: &Args, stack: &Stack, report: &mut Report, top
         })
         .await?;
         report.add(
-            &format!("raw.mongo_insert_w{writers}"),
+            format!("raw.mongo_insert_w{writers}"),
             format!(
                 "raw Mongo insert_many, {writers} in flight ({} batches of {batch_size})",
                 args.mongo_batches
