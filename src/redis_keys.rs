@@ -1,9 +1,11 @@
 //! The Redis key names of DESIGN.md ("Redis keys"), with the configured prefix.
 //! Grafana's dashboards and the logs app read the same names.
 
-/// About how many logs the `logs:tail` stream keeps (XADD MAXLEN ~): the
-/// live page's buffer, not a history (MongoDB has every log).
-pub const LOGS_TAIL_LEN: usize = 10_000;
+/// About how many entries the `logs:tail` stream keeps (XADD MAXLEN ~), one
+/// per applied batch (a JSON array of its newly counted votes, at most a
+/// batch's worth): the live page's buffer of a few seconds at full speed, not
+/// a history (MongoDB has every log).
+pub const LOGS_TAIL_LEN: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisKeys {

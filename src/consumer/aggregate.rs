@@ -22,9 +22,18 @@ pub struct Deltas<'a> {
     pub album: HashMap<String, i64>,
     pub route: HashMap<&'static str, i64>,
     pub rank: HashMap<String, f64>,
-    /// The newly counted votes as log items (JSON), in batch order, for the
-    /// `logs:tail` stream the live page reads.
-    pub tail: Vec<String>,
+    /// The newly counted votes as log items, in batch order, for the
+    /// `logs:tail` stream the live page reads: passed to the script apart
+    /// (see [`Deltas::tail_json`]), so Redis stores it without decoding it.
+    #[serde(skip)]
+    pub tail: Vec<LogEntry>,
+}
+
+impl Deltas<'_> {
+    /// The tail as one JSON array: a single `logs:tail` entry per batch.
+    pub fn tail_json(&self) -> String {
+        serde_json::to_string(&self.tail).unwrap_or_else(|_| "[]".to_owned())
+    }
 }
 
 /// The `consumer:offsets` field of a partition.
@@ -78,8 +87,7 @@ pub fn aggregate<'a>(batch: &'a Batch, applied: &BTreeMap<i32, i64>) -> Deltas<'
         album.clear();
         vote.write_album_key(&mut album);
         d.total += 1;
-        d.tail
-            .push(serde_json::to_string(&LogEntry::from(vote)).unwrap_or_default());
+        d.tail.push(LogEntry::from(vote));
         *d.band.entry(vote.name.as_str()).or_default() += 1;
         *d.route.entry(vote.route.as_str()).or_default() += 1;
         match d.album.get_mut(album.as_str()) {
@@ -169,7 +177,7 @@ mod tests {
         assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 17.5);
         assert_eq!(d.route["http"], 2);
         assert_eq!(d.route["grpc"], 1);
-        let tail: Vec<serde_json::Value> = d.tail.iter().map(|t| serde_json::from_str(t).unwrap()).collect();
+        let tail: Vec<serde_json::Value> = serde_json::from_str(&d.tail_json()).unwrap();
         let ids: Vec<_> = batch.votes().map(|(_, v)| v.id.to_string()).collect();
         assert_eq!(tail.iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(), ids);
         assert_eq!(

@@ -1,7 +1,8 @@
 -- Applies one pre-aggregated batch atomically (see src/consumer/redis_sink.rs).
 -- KEYS: total, by_band, by_album, by_route, rank_sum, rank_avg, timeline, offsets, logs_tail
--- ARGV[1]: JSON {ranges = [[field, prev, first, last], ...], total, band, album, route, rank, tail}
--- ARGV[2]: the approximate length the logs_tail stream is capped at
+-- ARGV[1]: JSON {ranges = [[field, prev, first, last], ...], total, band, album, route, rank}
+-- ARGV[2]: the approximate number of entries the logs_tail stream is capped at
+-- ARGV[3]: the newly counted votes as one JSON array of log items (stored as is)
 -- Returns {'ok', total} | {'adjust', field, stored, ...} | {'gap', field, stored}
 local a = cjson.decode(ARGV[1])
 local adjust = {}
@@ -34,9 +35,7 @@ if a.total > 0 then
     redis.call('HSET', KEYS[6], k, string.format('%.2f', sum / count))
   end
   redis.call('XADD', KEYS[7], 'MAXLEN', '~', '10000', '*', 'total', total, 'delta', a.total)
-  -- The live page's tail: each newly counted vote once, in batch order.
-  for _, item in ipairs(a.tail) do
-    redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[2], '*', 'log', item)
-  end
+  -- The live page's tail: the newly counted votes once, in batch order, one entry per batch.
+  redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[2], '*', 'logs', ARGV[3])
 end
 return {'ok', tostring(total)}

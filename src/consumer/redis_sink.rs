@@ -83,6 +83,7 @@ impl Sink for RedisWriter {
                 let reply: Vec<String> = call
                     .arg(arg)
                     .arg(LOGS_TAIL_LEN)
+                    .arg(deltas.tail_json())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| io(&e))?;

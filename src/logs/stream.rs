@@ -1,7 +1,8 @@
 //! `GET /logs/stream`: new logs pushed as server-sent events.
 //!
-//! The consumer appends every vote it counts, once, to the capped Redis
-//! stream `logs:tail`, in the same script that applies the counters (so a
+//! The consumer appends the votes of every batch it counts, once, to the
+//! capped Redis stream `logs:tail` (one entry per batch, field `logs`: a JSON
+//! array of log items), in the same script that applies the counters (so a
 //! replay adds nothing twice). One reader here (the "tail") follows that
 //! stream with a blocking XREAD while at least one client is connected, and
 //! sends nothing to Redis or MongoDB while none is: the live page costs the
@@ -30,14 +31,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use deadpool_redis::{Pool, redis};
+use serde_json::value::RawValue;
 
 use super::error::LogsError;
 use super::metrics::{Metrics, OutcomeLabels};
 use super::query::Filter;
 use crate::log_entry::ItemKey;
 
-/// Most logs one read takes from the stream.
-const READ_COUNT: usize = 500;
+/// Most entries (batches) one read takes from the stream.
+const READ_COUNT: usize = 16;
 /// How long one XREAD waits for new logs, in milliseconds: under the Redis
 /// client's 500 ms response timeout, and the longest a tail with no client
 /// left keeps reading.
@@ -287,6 +289,14 @@ pub async fn run_tail(hub: Arc<Hub>, source: TailSource) {
     }
 }
 
+/// Publishes each item of one entry's JSON array, as it was encoded.
+fn publish_all(hub: &Hub, logs: &str) {
+    match serde_json::from_str::<Vec<&RawValue>>(logs) {
+        Ok(items) => items.into_iter().for_each(|item| hub.publish(item.get())),
+        Err(error) => tracing::warn!(%error, "a live-tail entry is not a JSON array of logs; skipped"),
+    }
+}
+
 /// Reads the stream until no client is left.
 async fn follow(hub: &Hub, source: &TailSource, watchers: &watch::Receiver<usize>) {
     let mut after: Option<String> = None;
@@ -306,8 +316,8 @@ async fn follow(hub: &Hub, source: &TailSource, watchers: &watch::Receiver<usize
                     failing = false;
                 }
                 for (id, fields) in entries {
-                    if let Some((_, item)) = fields.iter().find(|(name, _)| name == "log") {
-                        hub.publish(item);
+                    if let Some((_, logs)) = fields.iter().find(|(name, _)| name == "logs") {
+                        publish_all(hub, logs);
                     }
                     after = Some(id);
                 }
@@ -366,9 +376,20 @@ mod tests {
     async fn something_that_is_not_a_log_item_is_not_published() {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(4, 10, metrics.clone());
-        hub.publish("not json");
-        hub.publish(r#"{"band": 5}"#);
+        publish_all(&hub, "not json");
+        publish_all(&hub, r#"[{"band": 5}]"#);
         assert_eq!(metrics.tail_published.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_item_of_an_entry_is_published_as_it_was_encoded() {
+        let hub = Hub::new(16, 10, Arc::new(Metrics::new()));
+        let stream = hub.subscribe(Filter::default()).unwrap();
+        hub.mark_ready();
+        publish_all(&hub, &format!("[{},{}]", item(1, "a", "x"), item(2, "b", "y")));
+        let got = frames(stream, 4).await;
+        assert_eq!(got[2], format!("event: log\ndata: {}\n\n", item(1, "a", "x")));
+        assert_eq!(got[3], format!("event: log\ndata: {}\n\n", item(2, "b", "y")));
     }
 
     async fn frames(stream: impl Stream<Item = Result<Bytes, Infallible>>, n: usize) -> Vec<String> {

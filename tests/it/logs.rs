@@ -106,22 +106,20 @@ impl TestApp {
             .expect("logs inserted");
     }
 
-    /// What the consumer does for newly counted votes: logs them in MongoDB
-    /// and appends them, in order, to the `logs:tail` stream the live page reads.
+    /// What the consumer does for a batch of newly counted votes: logs them in
+    /// MongoDB and appends them, in order, as one entry of the `logs:tail`
+    /// stream the live page reads.
     pub async fn count(&self, logs: &[Document]) {
         self.insert(logs).await;
-        let key = RedisKeys::new(&self.prefix).logs_tail;
-        let mut conn = self.redis().await;
-        for doc in logs {
-            let _: String = redis::cmd("XADD")
-                .arg(&key)
-                .arg("*")
-                .arg("log")
-                .arg(item_of(doc))
-                .query_async(&mut conn)
-                .await
-                .expect("XADD to the live tail");
-        }
+        let items: Vec<String> = logs.iter().map(item_of).collect();
+        let _: String = redis::cmd("XADD")
+            .arg(RedisKeys::new(&self.prefix).logs_tail)
+            .arg("*")
+            .arg("logs")
+            .arg(format!("[{}]", items.join(",")))
+            .query_async(&mut self.redis().await)
+            .await
+            .expect("XADD to the live tail");
     }
 
     /// A counter of the app's `/metrics` (0 when the series is absent).
