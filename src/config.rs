@@ -117,9 +117,9 @@ impl Compression {
 #[derive(Debug, Clone, Args)]
 pub struct ProducerArgs {
     /// How long the producer waits to fill a batch before sending it, in milliseconds (librdkafka
-    /// linger.ms). Every vote waits up to this long before its reply, in exchange for fewer, larger
-    /// requests under load.
-    #[arg(long, env = "PRODUCER_LINGER_MS", default_value_t = 5)]
+    /// linger.ms). Every vote waits up to this long before its reply; under load batches fill
+    /// anyway, so 1 ms is both faster and quicker here than 5 (BENCHMARKS.md).
+    #[arg(long, env = "PRODUCER_LINGER_MS", default_value_t = 1)]
     pub producer_linger_ms: u64,
     /// Largest batch of records per partition request, in bytes (librdkafka batch.size).
     #[arg(long, env = "PRODUCER_BATCH_BYTES", default_value_t = 1_000_000)]

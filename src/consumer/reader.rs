@@ -183,6 +183,9 @@ struct State {
     rewind: bool,
     /// The latest committable offset per partition, committed again at shutdown.
     committable: BTreeMap<i32, i64>,
+    /// Offsets that advanced since the last commit, and when the next commit may go.
+    uncommitted: BTreeMap<i32, i64>,
+    commit_at: Option<Instant>,
 }
 
 impl State {
@@ -250,6 +253,8 @@ impl ReadLoop {
             blocked_since: None,
             rewind: false,
             committable: BTreeMap::new(),
+            uncommitted: BTreeMap::new(),
+            commit_at: None,
         };
         loop {
             if *shutdown.borrow() {
@@ -257,6 +262,10 @@ impl ReadLoop {
             }
             if st.rewind && st.in_flight.is_empty() {
                 self.rewind(&consumer, &mut st).await?;
+            }
+            if st.commit_at.is_some_and(|t| Instant::now() >= t) {
+                st.commit_at = None;
+                self.commit(&consumer, &std::mem::take(&mut st.uncommitted), CommitMode::Async);
             }
             let can_dispatch = !st.rewind && st.in_flight.len() < self.config.max_in_flight;
             if can_dispatch && !st.batcher.is_empty() {
@@ -301,10 +310,11 @@ impl ReadLoop {
                 _ = shutdown.changed() => {}
                 Some((seq, redis, mongo)) = st.in_flight.next(), if !st.in_flight.is_empty() => {
                     self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
-                    self.completed(&consumer, &mut st, seq, redis, mongo);
+                    self.completed(&mut st, seq, redis, mongo);
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
                 _ = sleep_until(pause_timer), if pause_timer.is_some() => {}
+                _ = sleep_until(st.commit_at), if st.commit_at.is_some() => {}
                 received = consumer.recv(), if !blocked || pause_due => {
                     self.apply_rebalances(&consumer, &mut st);
                     match received {
@@ -330,6 +340,7 @@ impl ReadLoop {
                         st.next.remove(p);
                         st.dlq_done.remove(p);
                         st.committable.remove(p);
+                        st.uncommitted.remove(p);
                     }
                     st.batcher.retain(|e| !partitions.contains(&e.partition));
                     st.paused = false;
@@ -447,7 +458,6 @@ impl ReadLoop {
 
     fn completed(
         &self,
-        consumer: &StreamConsumer<ReaderContext>,
         st: &mut State,
         seq: u64,
         redis: Result<Written, SinkError>,
@@ -458,7 +468,8 @@ impl ReadLoop {
                 let advanced = st.tracker.confirmed(seq);
                 if !advanced.is_empty() {
                     st.committable.extend(&advanced);
-                    self.commit(consumer, &advanced, CommitMode::Async);
+                    st.uncommitted.extend(&advanced);
+                    st.commit_at.get_or_insert_with(|| Instant::now() + COMMIT_EVERY);
                 }
             }
             (redis, mongo) => {
@@ -521,7 +532,7 @@ impl ReadLoop {
         }
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while let Some((seq, redis, mongo)) = st.in_flight.next().await {
-                self.completed(consumer, st, seq, redis, mongo);
+                self.completed(st, seq, redis, mongo);
             }
         })
         .await;
@@ -534,6 +545,13 @@ impl ReadLoop {
         tracing::info!(committed = ?st.committable, "reader drained");
     }
 }
+
+/// Offsets are committed at most this often: with adaptive batching a trickle
+/// of votes makes many small batches, and a commit per batch (a hundred a
+/// second) kept the group coordinator so busy that heartbeats timed out.
+/// A later commit covers the earlier ones; a crash replays at most this much
+/// more, which the Redis fence and the logs' `_id` make harmless.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 /// How long the reader may wait for room in flight before it pauses its partitions.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
