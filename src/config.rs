@@ -200,9 +200,10 @@ pub struct ConsumerArgs {
     /// Kafka consumer group.
     #[arg(long, env = "CONSUMER_GROUP", default_value = "votestream-consumer")]
     pub consumer_group: String,
-    /// Most records in one batch. A batch is handed to the sinks as soon as they have room and
-    /// no further record is ready to read, so a trickle of votes leaves at once; a backlog
-    /// forms batches of this many.
+    /// Most records in one batch. A batch is handed to the sinks as soon as no further record
+    /// is ready to read while fewer batches than --mongo-writers are in flight, so a trickle
+    /// of votes leaves at once and a steady load batches at the sinks' pace; a backlog forms
+    /// batches of this many.
     #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1_000)]
     pub batch_max_records: usize,
     /// Longest a batch stays open while records keep coming, in milliseconds.
@@ -213,8 +214,9 @@ pub struct ConsumerArgs {
     #[arg(long, env = "MAILBOX_CAPACITY", default_value_t = 8)]
     pub mailbox_capacity: usize,
     /// Log batches the Mongo logger writes at once (concurrent insert_many calls); offsets are
-    /// still committed in order. The Redis script always applies one batch at a time.
-    #[arg(long, env = "MONGO_WRITERS", default_value_t = 4)]
+    /// still committed in order. The Redis script always applies one batch at a time. FerretDB
+    /// (SQLite) is fastest with 2 and slower with 4 or more; a real MongoDB takes more.
+    #[arg(long, env = "MONGO_WRITERS", default_value_t = 2)]
     pub mongo_writers: usize,
     /// First delay before an actor reconnects after an I/O failure, in milliseconds (doubles each time).
     #[arg(long, env = "RESTART_BACKOFF_MIN_MS", default_value_t = 100)]

@@ -1,6 +1,6 @@
 //! One log as users see it: the JSON item of `GET /logs`, of the live
 //! stream's `log` events, and of the `logs:tail` Redis stream the consumer
-//! feeds (DESIGN.md, "The live tail"). The consumer encodes it, the logs app
+//! feeds (DESIGN.md, "Redis keys"). The consumer encodes it, the logs app
 //! reads it back, so both sides share this one type.
 
 use chrono::{DateTime, Utc};

@@ -53,9 +53,11 @@ impl Batch {
 }
 
 /// Collects entries until a batch is due: full by count, old enough by time,
-/// or, adaptively, as soon as the reader has nothing more ready. A trickle of
-/// votes then leaves at once instead of waiting out the age limit, while a
-/// backlog (records always ready) still forms full batches.
+/// or, adaptively, as soon as the reader has nothing more ready while the
+/// sinks are idle enough. A trickle of votes then leaves at once instead of
+/// waiting out the age limit; under a steady load the batch fills while the
+/// writes in flight finish (its size follows the sinks' pace, as with Nagle's
+/// algorithm); a backlog (records always ready) forms full batches.
 #[derive(Debug)]
 pub struct Batcher {
     max_records: usize,
@@ -98,9 +100,10 @@ impl Batcher {
         self.is_full() || self.deadline().is_some_and(|d| now >= d)
     }
 
-    /// Due, or holding something while no further record is ready to read.
-    pub fn should_leave(&self, now: Instant, more_ready: bool) -> bool {
-        self.is_due(now) || (!more_ready && !self.is_empty())
+    /// Due, or holding something while no further record is ready to read
+    /// and the sinks are `idle` (few enough writes in flight).
+    pub fn should_leave(&self, now: Instant, more_ready: bool, idle: bool) -> bool {
+        self.is_due(now) || (!more_ready && idle && !self.is_empty())
     }
 
     /// Keeps only the entries `keep` accepts (after a partition was revoked).
@@ -188,12 +191,26 @@ mod tests {
     fn a_trickle_leaves_at_once_when_nothing_more_is_ready() {
         let now = Instant::now();
         let mut b = Batcher::new(1_000, Duration::from_millis(50));
-        assert!(!b.should_leave(now, false), "an empty batch never leaves");
+        assert!(!b.should_leave(now, false, true), "an empty batch never leaves");
         b.push(entry(0, 0), now);
         assert!(!b.is_due(now));
         assert!(
-            b.should_leave(now, false),
+            b.should_leave(now, false, true),
             "one vote and nothing behind it: it leaves now"
+        );
+    }
+
+    #[test]
+    fn under_load_a_batch_fills_while_the_sinks_are_busy() {
+        let now = Instant::now();
+        let mut b = Batcher::new(1_000, Duration::from_millis(50));
+        b.push(entry(0, 0), now);
+        b.push(entry(0, 1), now);
+        assert!(!b.should_leave(now, false, false), "writes in flight: keep collecting");
+        assert!(b.should_leave(now, false, true), "the sinks caught up: it leaves");
+        assert!(
+            b.should_leave(now + Duration::from_millis(50), false, false),
+            "the age limit holds whatever the sinks do"
         );
     }
 
@@ -203,10 +220,10 @@ mod tests {
         let mut b = Batcher::new(1_000, Duration::from_millis(50));
         for offset in 0..999 {
             b.push(entry(0, offset), now);
-            assert!(!b.should_leave(now, true), "more records are ready: keep filling");
+            assert!(!b.should_leave(now, true, true), "more records are ready: keep filling");
         }
         b.push(entry(0, 999), now);
-        assert!(b.should_leave(now, true));
+        assert!(b.should_leave(now, true, true));
         assert_eq!(b.take(1, "votes", &mut BTreeMap::new()).entries.len(), 1_000);
     }
 

@@ -2,8 +2,9 @@
 //! (bad ones go to the dead-letter topic), forms batches by count and time,
 //! hands each batch to both sinks and commits offsets once both have written
 //! it, in partition order. A batch leaves when it is full, when it is old
-//! enough, or as soon as no further record is ready while a sink has room
-//! (adaptive batching: low latency under light load, full batches in a drain).
+//! enough, or as soon as no further record is ready while fewer batches than
+//! the Mongo logger's writers are in flight (adaptive batching: at once under
+//! light load, sized by the sinks' pace under load, full in a drain).
 //!
 //! Backpressure: at most `mailbox_capacity` batches are in flight and each
 //! sink's actix channel holds one more, so every `Addr::send` finds room and
@@ -60,6 +61,9 @@ pub struct ReaderConfig {
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
     pub max_in_flight: usize,
+    /// A batch that is not due leaves when nothing more is ready only while
+    /// fewer batches than this are in flight (the Mongo logger's writers).
+    pub eager_in_flight: usize,
     /// Before each restart of the reader and each retry of a dead letter; the sinks' too.
     pub backoff: Backoff,
 }
@@ -77,6 +81,7 @@ impl ReaderConfig {
             batch_max_records: s.consumer.batch_max_records,
             batch_max_wait: Duration::from_millis(s.consumer.batch_max_wait_ms),
             max_in_flight: s.consumer.mailbox_capacity.max(1),
+            eager_in_flight: s.consumer.mongo_writers.clamp(1, s.consumer.mailbox_capacity.max(1)),
             backoff: Backoff::new(
                 Duration::from_millis(s.consumer.restart_backoff_min_ms),
                 Duration::from_millis(s.consumer.restart_backoff_max_ms),
@@ -285,7 +290,8 @@ impl ReadLoop {
                     }
                     continue;
                 }
-                if st.batcher.should_leave(now, false) {
+                let idle = st.in_flight.len() < self.config.eager_in_flight;
+                if st.batcher.should_leave(now, false, idle) {
                     self.dispatch(&mut st);
                     continue;
                 }

@@ -380,3 +380,130 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
     assert!(consumer.terminate().success());
     world.clean().await;
 }
+
+/// A crowd on the logs page (20 live streams, 20 clients paging ever deeper)
+/// over 200,000 logs on FerretDB, which answers every page by scanning the
+/// collection: the consumer's drain still completes exactly, and FerretDB's
+/// memory stays bounded because the app never has more than
+/// `--logs-max-queries` queries outstanding and each stops at its `maxTimeMS`.
+/// (Before those bounds, such a crowd grew FerretDB to 23 GB.)
+#[tokio::test]
+async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database() {
+    use clap::Parser;
+    use mongodb::bson::{Document, doc};
+    use votestream::config::{Cli, Command};
+    use votestream::logs::LogsApp;
+
+    /// FerretDB's resident memory must stay under this.
+    const RSS_BOUND_MIB: f64 = 2_048.0;
+    let _turn = HEAVY.lock().await;
+    let mut world = World::new("crowd").await;
+    let mongo = PrivateMongo::start(&world.dir);
+    world.mongodb_uri = mongo.uri();
+
+    // 200,000 logs already stored, in the consumer's shape.
+    let logs = world.logs().await;
+    let start = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    for chunk in 0..40_i64 {
+        let docs: Vec<Document> = (0..5_000_i64)
+            .map(|i| {
+                let n = chunk * 5_000 + i;
+                let at = mongodb::bson::DateTime::from_millis(start + n);
+                doc! {
+                    "_id": uuid::Uuid::now_v7().to_string(), "received_at": at, "logged_at": at,
+                    "name": "Alux Nahual", "album": "Alux Nahual", "year": 1985_i32, "rank": 7.0,
+                    "route": "grpc", "partition": (n % 6) as i32, "offset": n,
+                }
+            })
+            .collect();
+        logs.insert_many(docs).await.expect("seed logs");
+    }
+
+    let n = 20_000;
+    let (records, _) = votes(n);
+    produce(&world.topic.name, &records).await;
+    let args = [
+        "votestream", "logs", "--logs-addr", "127.0.0.1:0", "--mongodb-uri", &world.mongodb_uri,
+        "--mongodb-database", &world.database, "--redis-url", &world.redis_url, "--redis-key-prefix", &world.prefix,
+    ];
+    let Command::Logs(settings) = Cli::try_parse_from(args).expect("logs settings").command else {
+        panic!("logs settings expected");
+    };
+    let app = LogsApp::build(&settings).await.expect("logs app");
+    let base = format!("http://{}", app.addr());
+    let (stop_app, app_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async {
+        let _ = app_stopped.await;
+    }));
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = reqwest::Client::new();
+    let mut crowd = Vec::new();
+    for _ in 0..20 {
+        let (http, base, mut stopped) = (http.clone(), base.clone(), stopped.clone());
+        crowd.push(tokio::spawn(async move {
+            let mut logs = 0_usize;
+            if let Ok(mut response) = http.get(format!("{base}/logs/stream")).send().await {
+                loop {
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        chunk = response.chunk() => match chunk {
+                            Ok(Some(bytes)) => logs += bytes.windows(10).filter(|w| w == b"event: log").count(),
+                            _ => break,
+                        },
+                    }
+                }
+            }
+            (logs, 0_usize, 0_usize)
+        }));
+    }
+    for _ in 0..20 {
+        let (http, base, stopped) = (http.clone(), base.clone(), stopped.clone());
+        crowd.push(tokio::spawn(async move {
+            let (mut answered, mut refused) = (0_usize, 0_usize);
+            let mut path = "/logs?limit=50".to_owned();
+            while !*stopped.borrow() {
+                let Ok(response) = http.get(format!("{base}{path}")).send().await else { continue };
+                if !response.status().is_success() {
+                    refused += 1;
+                    path = "/logs?limit=50".to_owned();
+                    continue;
+                }
+                answered += 1;
+                let page: serde_json::Value = response.json().await.unwrap_or_default();
+                path = match page["next"].as_str() {
+                    Some(cursor) => format!("/logs?limit=50&before={cursor}"),
+                    None => "/logs?limit=50".to_owned(),
+                };
+            }
+            (0_usize, answered, refused)
+        }));
+    }
+
+    let mut consumer = world.spawn_consumer(0, &[]);
+    let mut peak = 0.0_f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while world.redis_total().await < n as i64 {
+        assert!(std::time::Instant::now() < deadline, "the drain did not finish in 10 minutes");
+        peak = peak.max(mongo.rss_mib().unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_for_total(&world, n as i64, Duration::from_secs(60)).await;
+    let _ = stop.send(true);
+    let (mut streamed, mut answered, mut refused) = (0, 0, 0);
+    for client in crowd {
+        let (s, a, r) = client.await.expect("client");
+        (streamed, answered, refused) = (streamed + s, answered + a, refused + r);
+    }
+    eprintln!(
+        "crowd: {streamed} logs streamed, {answered} pages answered, {refused} refused; FerretDB peak RSS {peak:.0} MiB"
+    );
+    assert!(streamed > 0, "the live streams got the new logs");
+    assert!(peak < RSS_BOUND_MIB, "FerretDB peak RSS {peak:.0} MiB");
+    let logged = logs.count_documents(doc! {}).await.expect("count logs");
+    assert_eq!(logged, 200_000 + n as u64, "every new vote logged once, beside the 200,000");
+    assert!(consumer.terminate().success());
+    let _ = stop_app.send(());
+    server.await.expect("server task").expect("server stops cleanly");
+    world.clean().await;
+}

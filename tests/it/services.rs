@@ -153,6 +153,20 @@ impl PrivateMongo {
         format!("mongodb://127.0.0.1:{}", self.port)
     }
 
+    /// The server's resident memory, in MiB (VmRSS).
+    pub fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
     /// Kills the server with SIGKILL; [`start_again`](Self::start_again) brings it back.
     pub fn crash(&mut self) {
         kill9(&mut self.child);

@@ -155,44 +155,54 @@ pub async fn drain(
     })
 }
 
-/// A logs page open until `stop`: the live stream read as it comes, and each
-/// second the newest page and one page deeper than the last.
-async fn open_page(base: String, mut stop: tokio::sync::watch::Receiver<bool>) -> PageSeen {
+/// A logs page open until `stop`: the live stream read as it comes (its own
+/// task, so slow page loads never hold it up), and each second the newest page
+/// and one page deeper than the last.
+async fn open_page(base: String, stop: tokio::sync::watch::Receiver<bool>) -> PageSeen {
     let http = reqwest::Client::new();
+    let streamed = tokio::spawn(read_stream(http.clone(), format!("{base}/logs/stream"), stop.clone()));
     let mut seen = PageSeen::default();
-    let mut stream: Option<reqwest::Response> = None;
     let mut deeper: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return seen,
-            chunk = async { stream.as_mut()?.chunk().await.ok().flatten() }, if stream.is_some() => {
-                match chunk {
-                    Some(bytes) => seen.streamed += bytes.windows(10).filter(|w| w == b"event: log").count(),
-                    None => stream = None,
-                }
+    while !*stop.borrow() {
+        tick.tick().await;
+        let (first, next) = page_ms(&http, &format!("{base}/logs?limit=20")).await;
+        match first {
+            Some(ms) => seen.first_ms.push(ms),
+            None => seen.failed += 1,
+        }
+        if let Some(cursor) = deeper.take().or(next) {
+            let (ms, next) = page_ms(&http, &format!("{base}/logs?limit=20&before={cursor}")).await;
+            match ms {
+                Some(ms) => seen.before_ms.push(ms),
+                None => seen.failed += 1,
             }
-            _ = tick.tick() => {
-                if stream.is_none() {
-                    stream = http.get(format!("{base}/logs/stream")).send().await.ok().filter(|r| r.status().is_success());
-                }
-                let (first, next) = page_ms(&http, &format!("{base}/logs?limit=20")).await;
-                match first {
-                    Some(ms) => seen.first_ms.push(ms),
-                    None => seen.failed += 1,
-                }
-                let cursor = deeper.take().or(next);
-                if let Some(cursor) = cursor {
-                    let (ms, next) = page_ms(&http, &format!("{base}/logs?limit=20&before={cursor}")).await;
-                    match ms {
-                        Some(ms) => seen.before_ms.push(ms),
-                        None => seen.failed += 1,
-                    }
-                    deeper = next;
-                }
+            deeper = next;
+        }
+    }
+    seen.streamed = streamed.await.unwrap_or(0);
+    seen
+}
+
+/// Reads `/logs/stream` until `stop` (reconnecting after an error); returns the `log` events seen.
+async fn read_stream(http: reqwest::Client, url: String, mut stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    let mut logs = 0;
+    while !*stop.borrow() {
+        let Ok(mut response) = http.get(&url).send().await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return logs,
+                chunk = response.chunk() => match chunk {
+                    Ok(Some(bytes)) => logs += bytes.windows(10).filter(|w| w == b"event: log").count(),
+                    _ => break,
+                },
             }
         }
     }
+    logs
 }
 
 /// One page: the time it took (`None` unless 200) and its `next` cursor.
