@@ -423,8 +423,18 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
     let (records, _) = votes(n);
     produce(&world.topic.name, &records).await;
     let args = [
-        "votestream", "logs", "--logs-addr", "127.0.0.1:0", "--mongodb-uri", &world.mongodb_uri,
-        "--mongodb-database", &world.database, "--redis-url", &world.redis_url, "--redis-key-prefix", &world.prefix,
+        "votestream",
+        "logs",
+        "--logs-addr",
+        "127.0.0.1:0",
+        "--mongodb-uri",
+        &world.mongodb_uri,
+        "--mongodb-database",
+        &world.database,
+        "--redis-url",
+        &world.redis_url,
+        "--redis-key-prefix",
+        &world.prefix,
     ];
     let Command::Logs(settings) = Cli::try_parse_from(args).expect("logs settings").command else {
         panic!("logs settings expected");
@@ -463,7 +473,9 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
             let (mut answered, mut refused) = (0_usize, 0_usize);
             let mut path = "/logs?limit=50".to_owned();
             while !*stopped.borrow() {
-                let Ok(response) = http.get(format!("{base}{path}")).send().await else { continue };
+                let Ok(response) = http.get(format!("{base}{path}")).send().await else {
+                    continue;
+                };
                 if !response.status().is_success() {
                     refused += 1;
                     path = "/logs?limit=50".to_owned();
@@ -484,7 +496,10 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
     let mut peak = 0.0_f64;
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     while world.redis_total().await < n as i64 {
-        assert!(std::time::Instant::now() < deadline, "the drain did not finish in 10 minutes");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain did not finish in 10 minutes"
+        );
         peak = peak.max(mongo.rss_mib().unwrap_or(0.0));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -507,7 +522,11 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
     assert!(streamed > 0, "the live streams got the new logs");
     assert!(peak < RSS_BOUND_MIB, "FerretDB peak RSS {peak:.0} MiB");
     let logged = logs.count_documents(doc! {}).await.expect("count logs");
-    assert_eq!(logged, 200_000 + n as u64, "every new vote logged once, beside the 200,000");
+    assert_eq!(
+        logged,
+        200_000 + n as u64,
+        "every new vote logged once, beside the 200,000"
+    );
     assert!(consumer.terminate().success());
     let _ = stop_app.send(());
     server.await.expect("server task").expect("server stops cleanly");
