@@ -1,6 +1,7 @@
 //! The supervised sink actor shared by the Redis aggregator and the Mongo
 //! logger. A sink has up to `concurrency` writes in flight, started in
-//! mailbox order: the Redis aggregator one (its script is fenced by offsets,
+//! mailbox order (each runs as its own task, holding one of `concurrency`
+//! permits; the mailbox stays closed while none is free): the Redis aggregator one (its script is fenced by offsets,
 //! so batches apply strictly in order), the Mongo logger several (log writes
 //! are idempotent, so their order does not matter, and a database serves
 //! several writers better than one). When a write fails on I/O, the actor
@@ -13,11 +14,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use super::batch::SharedBatch;
 use super::metrics::{ConsumerMetrics, SinkLabel};
@@ -106,16 +107,37 @@ impl Message for WriteBatch {
 
 type Reply = oneshot::Sender<Result<Written, SinkError>>;
 
+/// A write task ended: sent by the task to its actor.
+struct Finished {
+    /// The batch and reply of a write that failed on I/O, and why.
+    failed: Option<(SharedBatch, Reply, String)>,
+}
+
+impl Message for Finished {
+    type Result = ();
+}
+
+/// Stop for a restart if the connection is gone and no write is in flight.
+struct RestartIfIdle;
+
+impl Message for RestartIfIdle {
+    type Result = ();
+}
+
 pub struct SinkActor<S: Sink> {
     sink: S,
     conn: Option<S::Conn>,
     /// Batches whose write failed or found no connection, with the reader's
     /// reply channels: written first after a restart.
     kept: Vec<(SharedBatch, Reply)>,
-    /// Writes started and not finished.
+    /// Write tasks started and not finished.
     in_flight: usize,
-    /// Most writes in flight at once (at least 1).
-    concurrency: usize,
+    /// One per write in flight at once (`concurrency`, at least 1).
+    permits: Arc<Semaphore>,
+    /// Set by a write task that failed on I/O, before it frees its permit, so
+    /// no later write starts on the broken connection (for Redis that would
+    /// apply a batch past the one that failed).
+    broken: Arc<AtomicBool>,
     backoff: Backoff,
     capacity: usize,
     metrics: Arc<ConsumerMetrics>,
@@ -128,7 +150,8 @@ impl<S: Sink> SinkActor<S> {
             conn: None,
             kept: Vec::new(),
             in_flight: 0,
-            concurrency: concurrency.max(1),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            broken: Arc::new(AtomicBool::new(false)),
             backoff,
             capacity,
             metrics,
@@ -144,62 +167,95 @@ impl<S: Sink> SinkActor<S> {
         ConsumerMetrics::set_up(S::up_flag(&self.metrics), up);
     }
 
-    /// Starts writing one batch. The mailbox stays open while fewer than
-    /// `concurrency` writes are in flight; the write that reaches the limit
-    /// holds it until that write is done.
-    fn write(&mut self, batch: SharedBatch, reply: Reply, ctx: &mut Context<Self>) {
-        let Some(conn) = self.conn.clone() else {
-            self.keep(batch, reply, ctx);
-            return;
-        };
-        self.in_flight += 1;
-        let started = Instant::now();
-        let write = self.sink.write(conn, batch.clone());
-        let done = write.into_actor(self).map(move |result, act, ctx| {
-            act.in_flight -= 1;
-            match result {
-                Ok(written) => {
-                    act.backoff.reset();
-                    act.metrics
-                        .apply_seconds
-                        .get_or_create(&SinkLabel { sink: S::NAME })
-                        .observe(started.elapsed().as_secs_f64());
-                    act.metrics
-                        .batches_applied
-                        .get_or_create(&SinkLabel { sink: S::NAME })
-                        .inc();
-                    let _ = reply.send(Ok(written));
-                }
-                Err(WriteFailure::Refused(e)) => {
-                    let _ = reply.send(Err(e));
-                }
-                Err(WriteFailure::Io(error)) => {
-                    if act.conn.take().is_some() {
-                        tracing::warn!(actor = S::NAME, %error, "write failed; restarting");
-                        act.set_up(false);
-                    }
-                    act.kept.push((batch, reply));
-                }
-            }
-            // A connection lost while other writes were in flight: restart once they are done.
-            if act.conn.is_none() && act.in_flight == 0 {
-                ctx.stop();
-            }
-        });
-        if self.in_flight >= self.concurrency {
-            ctx.wait(done);
-        } else {
-            ctx.spawn(done);
-        }
+    fn connected(&self) -> bool {
+        self.conn.is_some() && !self.broken.load(Ordering::SeqCst)
     }
 
-    /// Keeps a batch for after the restart; restarts now unless other writes
-    /// are still in flight (the last of them restarts).
+    /// Starts writing one batch as its own task once a permit is free; the
+    /// mailbox stays closed until then, so writes start in mailbox order.
+    fn write(&mut self, batch: SharedBatch, reply: Reply, ctx: &mut Context<Self>) {
+        if !self.connected() {
+            self.keep(batch, reply, ctx);
+            return;
+        }
+        let permits = self.permits.clone();
+        let acquire = async move { permits.acquire_owned().await.ok() };
+        ctx.wait(acquire.into_actor(self).map(move |permit, act, ctx| {
+            let (Some(permit), Some(conn), true) = (permit, act.conn.clone(), act.connected()) else {
+                act.keep(batch, reply, ctx);
+                return;
+            };
+            act.in_flight += 1;
+            let write = act.sink.write(conn, batch.clone());
+            let (actor, broken, metrics) = (ctx.address(), act.broken.clone(), act.metrics.clone());
+            actix::spawn(async move {
+                let started = Instant::now();
+                let failed = match write.await {
+                    Ok(written) => {
+                        metrics
+                            .apply_seconds
+                            .get_or_create(&SinkLabel { sink: S::NAME })
+                            .observe(started.elapsed().as_secs_f64());
+                        metrics
+                            .batches_applied
+                            .get_or_create(&SinkLabel { sink: S::NAME })
+                            .inc();
+                        let _ = reply.send(Ok(written));
+                        None
+                    }
+                    Err(WriteFailure::Refused(e)) => {
+                        let _ = reply.send(Err(e));
+                        None
+                    }
+                    Err(WriteFailure::Io(error)) => {
+                        broken.store(true, Ordering::SeqCst);
+                        Some((batch, reply, error))
+                    }
+                };
+                drop(permit);
+                actor.do_send(Finished { failed });
+            });
+        }));
+    }
+
+    /// Keeps a batch for after the restart, which comes once no write is in
+    /// flight (checked after the waits queued now, so none of them is dropped).
     fn keep(&mut self, batch: SharedBatch, reply: Reply, ctx: &mut Context<Self>) {
         self.kept.push((batch, reply));
-        if self.in_flight == 0 {
+        ctx.notify(RestartIfIdle);
+    }
+
+    fn restart_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if !self.connected() && self.in_flight == 0 {
             ctx.stop();
         }
+    }
+}
+
+impl<S: Sink> Handler<Finished> for SinkActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Finished, ctx: &mut Context<Self>) {
+        self.in_flight -= 1;
+        match msg.failed {
+            None => self.backoff.reset(),
+            Some((batch, reply, error)) => {
+                if self.conn.take().is_some() {
+                    tracing::warn!(actor = S::NAME, %error, "write failed; restarting");
+                    self.set_up(false);
+                }
+                self.kept.push((batch, reply));
+            }
+        }
+        self.restart_if_idle(ctx);
+    }
+}
+
+impl<S: Sink> Handler<RestartIfIdle> for SinkActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: RestartIfIdle, ctx: &mut Context<Self>) {
+        self.restart_if_idle(ctx);
     }
 }
 
@@ -223,6 +279,7 @@ impl<S: Sink> Actor for SinkActor<S> {
                 Ok(conn) => {
                     tracing::info!(actor = S::NAME, "connected");
                     act.conn = Some(conn);
+                    act.broken.store(false, Ordering::SeqCst);
                     act.set_up(true);
                     let mut kept = std::mem::take(&mut act.kept);
                     kept.sort_by_key(|(batch, _)| batch.seq);

@@ -60,6 +60,9 @@ impl TryFrom<LogDocument> for LogEntry {
     }
 }
 
+/// Least time left for a query to be worth sending (and a non-zero maxTimeMS).
+const MIN_QUERY_TIME: Duration = Duration::from_millis(10);
+
 /// One page of `GET /logs`; `next` is absent on the last page.
 #[derive(Debug, Serialize)]
 pub struct Page {
@@ -126,16 +129,18 @@ impl LogStore {
     async fn newest(&self, filter: Document, limit: usize) -> Result<Vec<LogEntry>, LogsError> {
         let deadline = Instant::now() + self.timeout;
         let Ok(_slot) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
-            self.metrics.queries_refused.inc();
-            return Err(LogsError::MongoUnavailable {
-                detail: format!("{} queries outstanding for {:?}", self.max_queries, self.timeout),
-            });
+            return Err(self.busy());
         };
         self.metrics.queries_active.inc();
         let _active = scopeguard(|| {
             self.metrics.queries_active.dec();
         });
         let left = deadline.saturating_duration_since(Instant::now());
+        // MongoDB reads maxTimeMS 0 as "no limit": a query that would leave with
+        // (almost) no time is not sent at all.
+        if left < MIN_QUERY_TIME {
+            return Err(self.busy());
+        }
         let documents: Vec<LogDocument> = self
             .bounded_by(left, async {
                 self.logs
@@ -153,6 +158,14 @@ impl LogStore {
             })
             .await?;
         documents.into_iter().map(LogEntry::try_from).collect()
+    }
+
+    /// Every query slot stayed taken for (nearly) the whole timeout.
+    fn busy(&self) -> LogsError {
+        self.metrics.queries_refused.inc();
+        LogsError::MongoUnavailable {
+            detail: format!("{} queries outstanding for {:?}", self.max_queries, self.timeout),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), LogsError> {
