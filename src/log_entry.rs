@@ -20,13 +20,6 @@ pub struct LogEntry {
     pub route: String,
 }
 
-impl LogEntry {
-    /// The position of this log in the (received_at, _id) order.
-    pub fn position(&self) -> (i64, &str) {
-        (self.received_at.timestamp_millis(), &self.id)
-    }
-}
-
 /// The JSON item of `/logs` and `/logs/stream`: the UTC date and time as the
 /// page prints them, plus the exact instant.
 impl Serialize for LogEntry {
