@@ -21,47 +21,63 @@ pub struct LogEntry {
 }
 
 /// The JSON item of `/logs` and `/logs/stream`: the UTC date and time as the
-/// page prints them, plus the exact instant.
-impl Serialize for LogEntry {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Item<'a> {
-            id: &'a str,
-            date: String,
-            time: String,
-            received_at: String,
-            band: &'a str,
-            album: &'a str,
-            year: i64,
-            rank: f64,
-            route: &'a str,
-        }
+/// page prints them, plus the exact instant. Borrowed from a [`LogEntry`]
+/// (the logs app) or a [`VoteRecord`] (the consumer, with no copy per vote).
+#[derive(Serialize)]
+struct Item<'a, Id: Serialize> {
+    id: Id,
+    date: String,
+    time: String,
+    received_at: String,
+    band: &'a str,
+    album: &'a str,
+    year: i64,
+    rank: f64,
+    route: &'a str,
+}
+
+impl<'a, Id: Serialize> Item<'a, Id> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(id: Id, at: &DateTime<Utc>, band: &'a str, album: &'a str, year: i64, rank: f64, route: &'a str) -> Self {
         Item {
-            id: &self.id,
-            date: self.received_at.format("%Y-%m-%d").to_string(),
-            time: self.received_at.format("%H:%M:%S").to_string(),
-            received_at: format_instant(&self.received_at),
-            band: &self.band,
-            album: &self.album,
-            year: self.year,
-            rank: self.rank,
-            route: &self.route,
+            id,
+            date: at.format("%Y-%m-%d").to_string(),
+            time: at.format("%H:%M:%S").to_string(),
+            received_at: format_instant(at),
+            band,
+            album,
+            year,
+            rank,
+            route,
         }
-        .serialize(s)
     }
 }
 
-impl From<&VoteRecord> for LogEntry {
-    fn from(vote: &VoteRecord) -> LogEntry {
-        LogEntry {
-            id: vote.id.to_string(),
-            received_at: vote.received_at,
-            band: vote.name.clone(),
-            album: vote.album.clone(),
-            year: i64::from(vote.year),
-            rank: vote.rank,
-            route: vote.route.as_str().to_owned(),
-        }
+impl Serialize for LogEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self;
+        Item::new(&e.id, &e.received_at, &e.band, &e.album, e.year, e.rank, &e.route).serialize(s)
+    }
+}
+
+/// A vote as the same log item, without copying it: what the consumer writes
+/// to the `logs:tail` stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VoteItem<'a>(pub &'a VoteRecord);
+
+impl Serialize for VoteItem<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        Item::new(
+            &v.id,
+            &v.received_at,
+            &v.name,
+            &v.album,
+            i64::from(v.year),
+            v.rank,
+            v.route.as_str(),
+        )
+        .serialize(s)
     }
 }
 
@@ -102,6 +118,29 @@ mod tests {
                 "rank": 8.5,
                 "route": "grpc",
             })
+        );
+    }
+
+    #[test]
+    fn a_vote_is_encoded_as_the_same_item_as_its_log() {
+        let vote = crate::vote::Vote::new("La Tona", "Tona", 1999, 6.5, &crate::vote::Rules::default())
+            .unwrap()
+            .stamp(
+                crate::vote::Route::Http,
+                DateTime::from_timestamp_millis(1_764_181_439_123).unwrap(),
+            );
+        let entry = LogEntry {
+            id: vote.id.to_string(),
+            received_at: vote.received_at,
+            band: "La Tona".into(),
+            album: "Tona".into(),
+            year: 1999,
+            rank: 6.5,
+            route: "http".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&VoteItem(&vote)).unwrap(),
+            serde_json::to_string(&entry).unwrap()
         );
     }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::batch::{Batch, Entry, PartitionRange};
-use crate::log_entry::LogEntry;
+use crate::log_entry::VoteItem;
 use crate::vote::VoteRecord;
 
 /// The script's argument: the partitions' ranges and the batch's deltas.
@@ -26,7 +26,7 @@ pub struct Deltas<'a> {
     /// `logs:tail` stream the live page reads: passed to the script apart
     /// (see [`Deltas::tail_json`]), so Redis stores it without decoding it.
     #[serde(skip)]
-    pub tail: Vec<LogEntry>,
+    pub tail: Vec<VoteItem<'a>>,
 }
 
 impl Deltas<'_> {
@@ -87,7 +87,7 @@ pub fn aggregate<'a>(batch: &'a Batch, applied: &BTreeMap<i32, i64>) -> Deltas<'
         album.clear();
         vote.write_album_key(&mut album);
         d.total += 1;
-        d.tail.push(LogEntry::from(vote));
+        d.tail.push(VoteItem(vote));
         *d.band.entry(vote.name.as_str()).or_default() += 1;
         *d.route.entry(vote.route.as_str()).or_default() += 1;
         match d.album.get_mut(album.as_str()) {

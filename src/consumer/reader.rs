@@ -270,7 +270,11 @@ impl ReadLoop {
             }
             if st.commit_at.is_some_and(|t| Instant::now() >= t) {
                 st.commit_at = None;
-                self.commit(&consumer, &std::mem::take(&mut st.uncommitted), CommitMode::Async);
+                let offsets = std::mem::take(&mut st.uncommitted);
+                // Empty when a revoke took every partition that had advanced.
+                if !offsets.is_empty() {
+                    self.commit(&consumer, &offsets, CommitMode::Async);
+                }
             }
             let can_dispatch = !st.rewind && st.in_flight.len() < self.config.max_in_flight;
             if can_dispatch && !st.batcher.is_empty() {
@@ -283,11 +287,7 @@ impl ReadLoop {
                     consumer.recv().now_or_never()
                 };
                 if let Some(received) = ready {
-                    self.apply_rebalances(&consumer, &mut st);
-                    match received {
-                        Ok(msg) => self.take_record(&dlq, &mut st, &msg).await?,
-                        Err(error) => tracing::warn!(%error, "kafka consumer error"),
-                    }
+                    self.received(&consumer, &dlq, &mut st, received).await?;
                     continue;
                 }
                 let idle = st.in_flight.len() < self.config.eager_in_flight;
@@ -322,17 +322,31 @@ impl ReadLoop {
                 _ = sleep_until(pause_timer), if pause_timer.is_some() => {}
                 _ = sleep_until(st.commit_at), if st.commit_at.is_some() => {}
                 received = consumer.recv(), if !blocked || pause_due => {
-                    self.apply_rebalances(&consumer, &mut st);
-                    match received {
-                        Ok(msg) => self.take_record(&dlq, &mut st, &msg).await?,
-                        Err(error) => tracing::warn!(%error, "kafka consumer error"),
-                    }
+                    self.received(&consumer, &dlq, &mut st, received).await?;
                 }
             }
             self.apply_rebalances(&consumer, &mut st);
         }
         self.drain(&consumer, &mut st).await;
         Ok(())
+    }
+
+    /// What one `recv` gave: assignment changes first, then the record.
+    async fn received(
+        &self,
+        consumer: &StreamConsumer<ReaderContext>,
+        dlq: &FutureProducer,
+        st: &mut State,
+        received: KafkaResult<BorrowedMessage<'_>>,
+    ) -> Result<(), KafkaError> {
+        self.apply_rebalances(consumer, st);
+        match received {
+            Ok(msg) => self.take_record(dlq, st, &msg).await,
+            Err(error) => {
+                tracing::warn!(%error, "kafka consumer error");
+                Ok(())
+            }
+        }
     }
 
     /// Applies assignment changes reported by the rebalance callback.

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::batch::SharedBatch;
 use super::metrics::{ConsumerMetrics, SinkLabel};
@@ -107,14 +108,12 @@ impl Message for WriteBatch {
 
 type Reply = oneshot::Sender<Result<Written, SinkError>>;
 
-/// A write task ended: sent by the task to its actor.
+/// A write task ended. Tasks tell their actor through its own unbounded
+/// stream, not the mailbox: a message there would take a slot the reader's
+/// batches count on (at most one per write in flight is ever queued).
 struct Finished {
     /// The batch and reply of a write that failed on I/O, and why.
     failed: Option<(SharedBatch, Reply, String)>,
-}
-
-impl Message for Finished {
-    type Result = ();
 }
 
 /// Stop for a restart if the connection is gone and no write is in flight.
@@ -138,6 +137,8 @@ pub struct SinkActor<S: Sink> {
     /// no later write starts on the broken connection (for Redis that would
     /// apply a batch past the one that failed).
     broken: Arc<AtomicBool>,
+    /// Where write tasks report; a new channel for each incarnation.
+    finished: Option<mpsc::UnboundedSender<Finished>>,
     backoff: Backoff,
     capacity: usize,
     metrics: Arc<ConsumerMetrics>,
@@ -152,6 +153,7 @@ impl<S: Sink> SinkActor<S> {
             in_flight: 0,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             broken: Arc::new(AtomicBool::new(false)),
+            finished: None,
             backoff,
             capacity,
             metrics,
@@ -181,13 +183,15 @@ impl<S: Sink> SinkActor<S> {
         let permits = self.permits.clone();
         let acquire = async move { permits.acquire_owned().await.ok() };
         ctx.wait(acquire.into_actor(self).map(move |permit, act, ctx| {
-            let (Some(permit), Some(conn), true) = (permit, act.conn.clone(), act.connected()) else {
+            let (Some(permit), Some(conn), Some(finished), true) =
+                (permit, act.conn.clone(), act.finished.clone(), act.connected())
+            else {
                 act.keep(batch, reply, ctx);
                 return;
             };
             act.in_flight += 1;
             let write = act.sink.write(conn, batch.clone());
-            let (actor, broken, metrics) = (ctx.address(), act.broken.clone(), act.metrics.clone());
+            let (broken, metrics) = (act.broken.clone(), act.metrics.clone());
             actix::spawn(async move {
                 let started = Instant::now();
                 let failed = match write.await {
@@ -213,7 +217,7 @@ impl<S: Sink> SinkActor<S> {
                     }
                 };
                 drop(permit);
-                actor.do_send(Finished { failed });
+                let _ = finished.send(Finished { failed });
             });
         }));
     }
@@ -232,9 +236,7 @@ impl<S: Sink> SinkActor<S> {
     }
 }
 
-impl<S: Sink> Handler<Finished> for SinkActor<S> {
-    type Result = ();
-
+impl<S: Sink> StreamHandler<Finished> for SinkActor<S> {
     fn handle(&mut self, msg: Finished, ctx: &mut Context<Self>) {
         self.in_flight -= 1;
         match msg.failed {
@@ -249,6 +251,9 @@ impl<S: Sink> Handler<Finished> for SinkActor<S> {
         }
         self.restart_if_idle(ctx);
     }
+
+    /// The stream ends only when its sender is replaced at a restart.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 impl<S: Sink> Handler<RestartIfIdle> for SinkActor<S> {
@@ -266,6 +271,9 @@ impl<S: Sink> Actor for SinkActor<S> {
         // One more than the reader keeps in flight: a full actix channel parks
         // the sender, and parked sends are delivered in no particular order.
         ctx.set_mailbox_capacity(self.capacity + 1);
+        let (finished, reports) = mpsc::unbounded_channel();
+        self.finished = Some(finished);
+        ctx.add_stream(UnboundedReceiverStream::new(reports));
         let delay = self.backoff.delay();
         let connect = self.sink.connect();
         // `wait` keeps the mailbox closed until connected and the kept batch written.
