@@ -72,11 +72,17 @@ impl Drop for IngressProcess {
 
 /// What the load tasks saw: the ids of acknowledged votes, and how many
 /// successful replies arrived after SIGTERM had been sent.
+///
+/// Two flags, because `kill` is a child process: the ingress may act on the
+/// signal before `kill` has returned. Errors are allowed from the moment the
+/// test is about to send it (`signal_sending`); a success counts as "after
+/// the signal" only once `kill` has returned (`signal_sent`).
 #[derive(Default)]
 struct Tally {
     acked: Mutex<Vec<String>>,
     acked_count: AtomicUsize,
     after_signal: AtomicUsize,
+    signal_sending: AtomicBool,
     signal_sent: AtomicBool,
 }
 
@@ -92,7 +98,7 @@ impl Tally {
 
     /// An error is expected once the ingress stops; before that it fails the test.
     fn failed(&self, what: String) -> Result<(), String> {
-        match self.signal_sent.load(Ordering::SeqCst) {
+        match self.signal_sending.load(Ordering::SeqCst) {
             true => Ok(()),
             false => Err(what),
         }
@@ -176,6 +182,7 @@ async fn sigterm_during_load_leaves_every_acknowledged_vote_in_kafka() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tally.signal_sending.store(true, Ordering::SeqCst);
     let status = Command::new("kill")
         .args(["-TERM", &process.child.id().to_string()])
         .status()
