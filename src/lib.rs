@@ -9,7 +9,7 @@ pub mod consumer;
 pub mod ingress;
 pub mod log_entry;
 pub mod logs;
-pub mod redis_keys;
+pub mod schema;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;

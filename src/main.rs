@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::sync::watch;
 use votestream::config::{AllSettings, Cli, Command};
+use votestream::consumer::Consumer;
 use votestream::ingress::Ingress;
 use votestream::logs::LogsApp;
 use votestream::shutdown::{self, stop_all_after};
@@ -16,8 +17,10 @@ fn main() -> anyhow::Result<()> {
             let ingress = Ingress::build(&settings)?;
             ingress.run(shutdown::signal()).await
         }),
-        // The consumer owns an actix System (its own single-threaded runtime).
-        Command::Consumer(settings) => votestream::consumer::run(settings, shutdown::signal()),
+        Command::Consumer(settings) => runtime()?.block_on(async {
+            let consumer = Consumer::build(settings)?;
+            consumer.run(shutdown::signal()).await
+        }),
         Command::Logs(settings) => runtime()?.block_on(async {
             let app = LogsApp::build(&settings).await?;
             tracing::info!(addr = %app.addr(), "logs app listening");
@@ -35,12 +38,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// each draining as it would alone.
 fn all(settings: AllSettings) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
-    let consumer_settings = settings.consumer();
-    let consumer_stop = shutdown::stopped(stopped.clone());
-    let consumer = std::thread::Builder::new()
-        .name("consumer".into())
-        .spawn(move || votestream::consumer::run(consumer_settings, consumer_stop))?;
-    let served = runtime()?.block_on(async {
+    runtime()?.block_on(async {
+        let consumer = Consumer::build(settings.consumer())?;
         let ingress = Ingress::build(&settings.ingress())?;
         let logs = LogsApp::build(&settings.logs()).await?;
         tracing::info!(logs = %logs.addr(), "votestream all: ingress, consumer and logs running");
@@ -49,17 +48,16 @@ fn all(settings: AllSettings) -> anyhow::Result<()> {
             shutdown::signal().await;
             let _ = on_signal.send(true);
         });
-        // Whichever server ends first (signal or failure) stops the others.
-        let (ingress, logs) = tokio::join!(
+        // Whichever part ends first (signal or failure) stops the others; each
+        // drains as it would alone.
+        let (ingress, consumer, logs) = tokio::join!(
             stop_all_after(stop.clone(), ingress.run(shutdown::stopped(stopped.clone()))),
+            stop_all_after(stop.clone(), consumer.run(shutdown::stopped(stopped.clone()))),
             stop_all_after(stop.clone(), logs.run(shutdown::stopped(stopped.clone()))),
         );
-        ingress.context("ingress").and(logs.context("logs"))
-    });
-    // However the servers ended, the consumer drains too.
-    let _ = stop.send(true);
-    let consumer = consumer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
-    served.and(consumer.context("consumer"))
+        ingress
+            .context("ingress")
+            .and(consumer.context("consumer"))
+            .and(logs.context("logs"))
+    })
 }

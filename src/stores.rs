@@ -12,10 +12,6 @@ use mongodb::options::ClientOptions;
 /// How long the consumer's sinks wait on a store before treating it as down.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The MongoDB collection of one log per vote, written by the consumer and
-/// read by the logs app (DESIGN.md, "MongoDB").
-pub const LOGS_COLLECTION: &str = "logs";
-
 /// A Redis pool whose waits (for a connection, to create one, to recycle one) are bounded by `timeout`.
 pub fn redis_pool(url: &str, timeout: Duration) -> Result<Pool, deadpool_redis::CreatePoolError> {
     let mut config = deadpool_redis::Config::from_url(url);

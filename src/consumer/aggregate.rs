@@ -3,49 +3,12 @@
 //! applies a whole batch. Records at or below a partition's stored offset are
 //! left out (they were counted before), which is how replays stay exact.
 
-use std::collections::{BTreeMap, HashMap};
-
-use serde::Serialize;
+use std::collections::BTreeMap;
 
 use super::batch::{Batch, Entry, PartitionRange};
 use crate::log_entry::VoteItem;
+use crate::schema::redis::{Deltas, Range, offsets_field};
 use crate::vote::VoteRecord;
-
-/// The script's argument: the partitions' ranges and the batch's deltas.
-#[derive(Debug, Default, PartialEq, Serialize)]
-pub struct Deltas<'a> {
-    /// `[offsets field, prev, first, last]` per partition.
-    pub ranges: Vec<(String, i64, i64, i64)>,
-    pub total: i64,
-    /// Borrowed from the batch: no allocation per vote for the band.
-    pub band: HashMap<&'a str, i64>,
-    pub album: HashMap<String, i64>,
-    pub route: HashMap<&'static str, i64>,
-    pub rank: HashMap<String, f64>,
-    /// The newly counted votes as log items, in batch order, for the
-    /// `logs:tail` stream the live page reads: passed to the script apart
-    /// (see [`Deltas::tail_json`]), so Redis stores it without decoding it.
-    #[serde(skip)]
-    pub tail: Vec<VoteItem<'a>>,
-}
-
-impl Deltas<'_> {
-    /// The tail as one JSON array: a single `logs:tail` entry per batch.
-    pub fn tail_json(&self) -> String {
-        serde_json::to_string(&self.tail).unwrap_or_else(|_| "[]".to_owned())
-    }
-}
-
-/// The `consumer:offsets` field of a partition.
-pub fn offsets_field(topic: &str, partition: i32) -> String {
-    format!("{topic}/{partition}")
-}
-
-/// The partition of a `consumer:offsets` field of `topic`: the inverse of
-/// [`offsets_field`] (`None` for another topic's field).
-pub fn offsets_partition(topic: &str, field: &str) -> Option<i32> {
-    field.strip_prefix(topic)?.strip_prefix('/')?.parse().ok()
-}
 
 /// The votes of `batch` that Redis has not counted yet: those above
 /// `applied[partition]` (all of them for a partition not in `applied`).
@@ -73,12 +36,12 @@ pub fn aggregate<'a>(batch: &'a Batch, applied: &BTreeMap<i32, i64>) -> Deltas<'
                 ..*r
             },
         };
-        d.ranges.push((
-            offsets_field(&batch.topic, r.partition),
-            range.prev,
-            range.first,
-            range.last,
-        ));
+        d.ranges.push(Range {
+            field: offsets_field(&batch.topic, r.partition),
+            prev: range.prev,
+            first: range.first,
+            last: range.last,
+        });
     }
     // One buffer for the album key: it is allocated anew only the first time
     // the batch sees an album.
@@ -120,6 +83,15 @@ mod tests {
                 .unwrap()
                 .stamp(route, Utc::now()),
         )
+    }
+
+    fn range(field: &str, prev: i64, first: i64, last: i64) -> Range {
+        Range {
+            field: field.into(),
+            prev,
+            first,
+            last,
+        }
     }
 
     fn batch() -> Batch {
@@ -180,10 +152,7 @@ mod tests {
         let tail: Vec<serde_json::Value> = serde_json::from_str(&d.tail_json()).unwrap();
         let ids: Vec<_> = batch.votes().map(|(_, v)| v.id.to_string()).collect();
         assert_eq!(tail.iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(), ids);
-        assert_eq!(
-            d.ranges,
-            vec![("votes/0".into(), 9, 10, 12), ("votes/1".into(), 2, 3, 3)]
-        );
+        assert_eq!(d.ranges, vec![range("votes/0", 9, 10, 12), range("votes/1", 2, 3, 3)]);
     }
 
     #[test]
@@ -195,14 +164,6 @@ mod tests {
         assert_eq!(d.band["Alux Nahual"], 1);
         assert_eq!(d.rank["Alux Nahual / Alux Nahual"], 9.5);
         assert!(!d.band.contains_key("Bohemia Suburbana"));
-        assert_eq!(d.ranges, vec![("votes/0".into(), 11, 12, 12)]);
-    }
-
-    #[test]
-    fn an_offsets_field_gives_back_its_partition_for_its_topic_only() {
-        assert_eq!(offsets_partition("votes", &offsets_field("votes", 4)), Some(4));
-        assert_eq!(offsets_partition("votes", "votes.dlq/4"), None);
-        assert_eq!(offsets_partition("votes", "other/4"), None);
-        assert_eq!(offsets_partition("votes", "votes/x"), None);
+        assert_eq!(d.ranges, vec![range("votes/0", 11, 12, 12)]);
     }
 }

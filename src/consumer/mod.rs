@@ -21,13 +21,13 @@ pub mod redis_sink;
 pub mod sink;
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix::Supervisor;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::ConsumerSettings;
 use metrics::ConsumerMetrics;
@@ -35,12 +35,65 @@ use mongo_sink::{MongoLogger, MongoWriter};
 use reader::{KafkaReader, ReaderConfig};
 use redis_sink::{RedisAggregator, RedisWriter};
 
-/// Runs the consumer until `shutdown` resolves, then drains in-flight
-/// batches, commits and returns. Blocks the calling thread (it owns an actix System).
-pub fn run(settings: ConsumerSettings, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(settings.consumer.consumer_http_addr)
-        .with_context(|| format!("binding {}", settings.consumer.consumer_http_addr))?;
-    actix::System::new().block_on(serve(settings, listener, shutdown))
+/// A consumer ready to run: settings checked, HTTP listener bound.
+///
+/// Built like the ingress and the logs app: [`Consumer::build`] binds the
+/// listener (port 0 picks a free one, which is how tests run it in process),
+/// [`Consumer::addr`] is the bound address, [`Consumer::run`] serves until
+/// its shutdown future resolves.
+pub struct Consumer {
+    settings: ConsumerSettings,
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Consumer {
+    /// Binds the HTTP listener (`/healthz`, `/readyz`, `/metrics`); starts nothing yet.
+    pub fn build(settings: ConsumerSettings) -> anyhow::Result<Consumer> {
+        let wanted = settings.consumer.consumer_http_addr;
+        let listener = TcpListener::bind(wanted).with_context(|| format!("binding {wanted}"))?;
+        let addr = listener.local_addr()?;
+        Ok(Consumer {
+            settings,
+            listener,
+            addr,
+        })
+    }
+
+    /// The HTTP address actually bound (the real port when 0 was asked).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until `shutdown` resolves, then drains in-flight batches, commits
+    /// and returns.
+    ///
+    /// The actors run on a thread of their own, in an actix System (a
+    /// single-threaded runtime); this future only waits for `shutdown` and
+    /// for that thread, so any Tokio runtime can await it. Dropping it before
+    /// it ends also stops the consumer, as `shutdown` would.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, mut done) = oneshot::channel();
+        let Consumer { settings, listener, .. } = self;
+        std::thread::Builder::new()
+            .name("consumer".into())
+            .spawn(move || {
+                let stopped = async {
+                    let _ = stop_rx.await;
+                };
+                let result = actix::System::new().block_on(serve(settings, listener, stopped));
+                let _ = done_tx.send(result);
+            })
+            .context("starting the consumer thread")?;
+        tokio::select! {
+            result = &mut done => return result.unwrap_or_else(|_| Err(anyhow::anyhow!("the consumer thread panicked"))),
+            () = shutdown => {}
+        }
+        drop(stop);
+        done.await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the consumer thread panicked")))
+    }
 }
 
 async fn serve(

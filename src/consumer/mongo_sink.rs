@@ -2,18 +2,17 @@
 //! `insert_many` per batch. The vote id is the `_id`, so a replayed vote hits a
 //! duplicate-key error, which means "already logged", not a failure.
 
-use mongodb::bson::{self, Document, doc};
+use mongodb::Collection;
+use mongodb::bson::{self, doc};
 use mongodb::error::{ErrorKind, WriteFailure as MongoWriteFailure};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, IndexModel};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 
-use super::batch::{Entry, SharedBatch};
+use super::batch::SharedBatch;
 use super::metrics::ConsumerMetrics;
 use super::sink::{Sink, SinkActor, WriteFailure, Written};
-use crate::stores::{LOGS_COLLECTION, STORE_TIMEOUT, mongo_client};
-use crate::vote::VoteRecord;
+use crate::schema::mongo::{LogDocument, ensure_indexes, logs};
+use crate::stores::{STORE_TIMEOUT, mongo_client};
 
 pub type MongoLogger = SinkActor<MongoWriter>;
 
@@ -34,49 +33,23 @@ impl MongoWriter {
     }
 }
 
-/// The `logs` collection, with its `{received_at: -1, _id: -1}` index: it
-/// serves the logs app's page order (newest first, the vote id breaking ties)
-/// on MongoDB, and any query by time. Creating an index that exists is a no-op.
-pub async fn logs_collection(uri: &str, database: &str) -> mongodb::error::Result<Collection<Document>> {
+/// The `logs` collection, with its indexes ensured (a no-op when they exist).
+pub async fn logs_collection(uri: &str, database: &str) -> mongodb::error::Result<Collection<LogDocument>> {
     let db = mongo_client(uri, "votestream", STORE_TIMEOUT).await?.database(database);
     db.run_command(doc! {"ping": 1}).await?;
-    let logs = db.collection::<Document>(LOGS_COLLECTION);
-    let index = IndexModel::builder()
-        .keys(doc! {"received_at": -1, "_id": -1})
-        .options(
-            IndexOptions::builder()
-                .name("received_at_desc_id_desc".to_owned())
-                .build(),
-        )
-        .build();
-    logs.create_index(index).await?;
-    Ok(logs)
-}
-
-pub fn log_document(entry: &Entry, vote: &VoteRecord, logged_at: bson::DateTime) -> Document {
-    doc! {
-        "_id": vote.id.to_string(),
-        "received_at": bson::DateTime::from_millis(vote.received_at.timestamp_millis()),
-        "logged_at": logged_at,
-        "name": &vote.name,
-        "album": &vote.album,
-        "year": vote.year,
-        "rank": vote.rank,
-        "route": vote.route.as_str(),
-        "partition": entry.partition,
-        "offset": entry.offset,
-    }
+    ensure_indexes(&db).await?;
+    Ok(logs(&db))
 }
 
 impl Sink for MongoWriter {
     const NAME: &'static str = "mongo_logger";
-    type Conn = Collection<Document>;
+    type Conn = Collection<LogDocument>;
 
     fn up_flag(metrics: &ConsumerMetrics) -> &AtomicBool {
         &metrics.mongo_up
     }
 
-    fn connect(&self) -> impl Future<Output = Result<Collection<Document>, String>> + 'static {
+    fn connect(&self) -> impl Future<Output = Result<Collection<LogDocument>, String>> + 'static {
         let (uri, database) = (self.uri.clone(), self.database.clone());
         async move {
             logs_collection(&uri, &database)
@@ -89,12 +62,15 @@ impl Sink for MongoWriter {
     #[allow(clippy::manual_async_fn)]
     fn write(
         &self,
-        logs: Collection<Document>,
+        logs: Collection<LogDocument>,
         batch: SharedBatch,
     ) -> impl Future<Output = Result<Written, WriteFailure>> + 'static {
         async move {
             let now = bson::DateTime::now();
-            let docs: Vec<Document> = batch.votes().map(|(e, v)| log_document(e, v, now)).collect();
+            let docs: Vec<LogDocument> = batch
+                .votes()
+                .map(|(e, v)| LogDocument::of(v, e.partition, e.offset, now))
+                .collect();
             if docs.is_empty() {
                 return Ok(Written { votes: 0 });
             }

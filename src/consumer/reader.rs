@@ -45,7 +45,7 @@ use super::rebalance::{ReaderContext, Rebalanced};
 use super::redis_sink::RedisAggregator;
 use super::sink::{Backoff, SinkError, WriteBatch, Written};
 use crate::config::ConsumerSettings;
-use crate::redis_keys::RedisKeys;
+use crate::schema::redis::RedisKeys;
 use crate::vote::{Rules, VoteRecord};
 
 /// Everything the reader needs, cloned into each incarnation of its loop.

@@ -13,9 +13,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use super::aggregate::offsets_partition;
 use super::metrics::ConsumerMetrics;
-use crate::redis_keys::RedisKeys;
+use crate::schema::redis::RedisKeys;
+use crate::schema::redis::offsets_partition;
 
 /// What the rebalance callback tells the read loop.
 #[derive(Debug)]

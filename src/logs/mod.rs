@@ -25,7 +25,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 
 use crate::config::LogsSettings;
-use crate::redis_keys::RedisKeys;
+use crate::schema::redis::RedisKeys;
 use crate::stores::redis_pool;
 use error::LogsError;
 use metrics::{Metrics, RequestLabels};
@@ -144,6 +144,7 @@ impl LogsApp {
         let handle = server.handle();
 
         let tail = tokio::spawn(stream::run_tail(self.state.hub.clone(), self.tail));
+        let indexes = tokio::spawn(self.state.store.clone().ensure_indexes());
 
         tokio::pin!(server);
         let served = tokio::select! {
@@ -158,6 +159,7 @@ impl LogsApp {
             }
         };
         tail.abort();
+        indexes.abort();
         served.context("logs HTTP server")
     }
 }

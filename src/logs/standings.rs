@@ -10,7 +10,7 @@ use deadpool_redis::{Pool, redis};
 use serde::Serialize;
 
 use super::error::LogsError;
-use crate::redis_keys::RedisKeys;
+use crate::schema::redis::RedisKeys;
 use crate::stores::redis_pool;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

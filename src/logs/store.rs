@@ -12,11 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::DateTime;
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
 use mongodb::{Collection, Database};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -24,41 +23,13 @@ use super::error::LogsError;
 use super::metrics::Metrics;
 use super::query::{Cursor, Filter, LogQuery};
 use crate::log_entry::LogEntry;
-use crate::stores::{LOGS_COLLECTION, mongo_client};
+use crate::schema::mongo::{LogDocument, ensure_indexes, logs, page_order};
+use crate::stores::mongo_client;
 
-/// The stored document, as far as this app reads it. Numbers are read
-/// leniently (a year stored as Int32 or Int64, a rank as an integer or a
-/// double), since different writers pick different BSON types.
-#[derive(Debug, Deserialize)]
-struct LogDocument {
-    #[serde(rename = "_id")]
-    id: String,
-    received_at: bson::DateTime,
-    name: String,
-    album: String,
-    year: i64,
-    rank: f64,
-    route: String,
-}
-
-impl TryFrom<LogDocument> for LogEntry {
-    type Error = LogsError;
-
-    fn try_from(d: LogDocument) -> Result<LogEntry, LogsError> {
-        let millis = d.received_at.timestamp_millis();
-        let received_at = DateTime::from_timestamp_millis(millis)
-            .ok_or_else(|| LogsError::bad_document(format!("log {}: received_at {millis} ms is out of range", d.id)))?;
-        Ok(LogEntry {
-            id: d.id,
-            received_at,
-            band: d.name,
-            album: d.album,
-            year: d.year,
-            rank: d.rank,
-            route: d.route,
-        })
-    }
-}
+/// How long index creation may take (on a large collection it builds the
+/// index), and how long to wait before trying again.
+const INDEX_TIMEOUT: Duration = Duration::from_secs(60);
+const INDEX_RETRY: Duration = Duration::from_secs(5);
 
 /// Least time left for a query to be worth sending (and a non-zero maxTimeMS).
 const MIN_QUERY_TIME: Duration = Duration::from_millis(10);
@@ -92,7 +63,7 @@ impl LogStore {
     ) -> anyhow::Result<LogStore> {
         let db = mongo_client(uri, "votestream-logs", timeout).await?.database(database);
         Ok(LogStore {
-            logs: db.collection(LOGS_COLLECTION),
+            logs: logs(&db),
             db,
             timeout,
             slots: Arc::new(Semaphore::new(max_queries)),
@@ -145,19 +116,19 @@ impl LogStore {
             .bounded_by(left, async {
                 self.logs
                     .find(filter)
-                    .sort(doc! { "received_at": -1, "_id": -1 })
+                    .sort(page_order())
                     .limit(i64::try_from(limit).unwrap_or(i64::MAX))
                     // The server gives the query up when this app does.
                     .max_time(left)
-                    .projection(doc! {
-                        "_id": 1, "received_at": 1, "name": 1, "album": 1, "year": 1, "rank": 1, "route": 1,
-                    })
                     .await?
                     .try_collect()
                     .await
             })
             .await?;
-        documents.into_iter().map(LogEntry::try_from).collect()
+        documents
+            .into_iter()
+            .map(|d| d.entry().map_err(LogsError::bad_document))
+            .collect()
     }
 
     /// Every query slot stayed taken for (nearly) the whole timeout.
@@ -165,6 +136,22 @@ impl LogStore {
         self.metrics.queries_refused.inc();
         LogsError::MongoUnavailable {
             detail: format!("{} queries outstanding for {:?}", self.max_queries, self.timeout),
+        }
+    }
+
+    /// Creates the logs' indexes (the same call as the consumer's), retrying
+    /// until MongoDB answers: the app starts while MongoDB is down.
+    pub async fn ensure_indexes(self) {
+        let mut warned = false;
+        loop {
+            match tokio::time::timeout(INDEX_TIMEOUT, ensure_indexes(&self.db)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if !warned => tracing::warn!(error = %e, "cannot create the logs' indexes yet; retrying"),
+                Err(_) if !warned => tracing::warn!("creating the logs' indexes took over {INDEX_TIMEOUT:?}; retrying"),
+                _ => {}
+            }
+            warned = true;
+            tokio::time::sleep(INDEX_RETRY).await;
         }
     }
 
@@ -234,16 +221,5 @@ mod tests {
             doc! { "name": "Alux Nahual", "route": "http" }
         );
         assert_eq!(filter_document(&Filter::default()), doc! {});
-    }
-
-    #[test]
-    fn year_and_rank_are_read_whatever_numeric_type_was_stored() {
-        let stored = doc! {
-            "_id": "v1", "received_at": bson::DateTime::from_millis(0), "logged_at": bson::DateTime::from_millis(5),
-            "name": "b", "album": "a", "year": 1990_i32, "rank": 7_i32, "route": "http", "partition": 3, "offset": 42_i64,
-        };
-        let document: LogDocument = bson::from_document(stored).unwrap();
-        let entry = LogEntry::try_from(document).unwrap();
-        assert_eq!((entry.year, entry.rank), (1990, 7.0));
     }
 }

@@ -37,6 +37,7 @@ use super::error::LogsError;
 use super::metrics::{Metrics, OutcomeLabels};
 use super::query::Filter;
 use crate::log_entry::ItemKey;
+use crate::schema::redis::LOGS_TAIL_FIELD;
 
 /// Most entries (batches) one read takes from the stream.
 const READ_COUNT: usize = 16;
@@ -316,7 +317,7 @@ async fn follow(hub: &Hub, source: &TailSource, watchers: &watch::Receiver<usize
                     failing = false;
                 }
                 for (id, fields) in entries {
-                    if let Some((_, logs)) = fields.iter().find(|(name, _)| name == "logs") {
+                    if let Some((_, logs)) = fields.iter().find(|(name, _)| name == LOGS_TAIL_FIELD) {
                         publish_all(hub, logs);
                     }
                     after = Some(id);

@@ -17,10 +17,10 @@ async fn a_hundred_thousand_votes_are_counted_and_logged_exactly() {
     let world = World::new("drain").await;
     let (records, expected) = votes(100_000);
     produce(&world.topic.name, &records).await;
-    let mut consumer = world.spawn_consumer(0, &[]);
+    let consumer = world.run_consumer(&[]);
     wait_for_total(&world, 100_000, Duration::from_secs(600)).await;
     assert_exact(&world, &expected, &records).await;
-    assert!(consumer.terminate().success(), "clean exit on SIGTERM");
+    consumer.stop().await.expect("a clean stop");
     world.clean().await;
 }
 
@@ -171,7 +171,7 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_the_rest_is_counted
     let poison_count = mixed.len() - records.len();
     produce_raw(&world.topic.name, &mixed).await;
 
-    let mut consumer = world.spawn_consumer(0, &[("BATCH_MAX_RECORDS", "100")]);
+    let consumer = world.run_consumer(&["--batch-max-records", "100"]);
     wait_for_total(&world, records.len() as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
 
@@ -197,11 +197,9 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_the_rest_is_counted
     assert!(reasons.iter().any(|r| r.contains("not a vote record")));
     assert!(reasons.iter().any(|r| r.contains("rank")));
 
-    let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", consumer.port))
-        .await
-        .unwrap();
+    let health = reqwest::get(format!("http://{}/healthz", consumer.addr)).await.unwrap();
     assert!(health.status().is_success(), "the consumer keeps running");
-    assert!(consumer.terminate().success());
+    consumer.stop().await.expect("a clean stop");
     world.clean().await;
 }
 
@@ -294,7 +292,7 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
 
     use deadpool_redis::redis;
     use futures_util::TryStreamExt;
-    use mongodb::bson::Document;
+    use votestream::schema::mongo::LogDocument;
 
     let _turn = HEAVY.lock().await;
     let mut world = World::new("tail").await;
@@ -350,7 +348,7 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
     assert_eq!(unique.len(), n);
 
     // Where each vote sits in Kafka, from its log.
-    let logs: Vec<Document> = world
+    let logs: Vec<LogDocument> = world
         .logs()
         .await
         .find(mongodb::bson::doc! {})
@@ -359,15 +357,7 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
         .try_collect()
         .await
         .expect("read logs");
-    let position: HashMap<String, (i32, i64)> = logs
-        .iter()
-        .map(|d| {
-            let id = d.get_str("_id").unwrap().to_owned();
-            let partition = d.get_i32("partition").unwrap();
-            let offset = d.get_i64("offset").unwrap();
-            (id, (partition, offset))
-        })
-        .collect();
+    let position: HashMap<String, (i32, i64)> = logs.iter().map(|d| (d.id.clone(), (d.partition, d.offset))).collect();
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     for id in &ids {
         let (partition, offset) = position[id];
@@ -390,9 +380,9 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
 #[tokio::test]
 async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database() {
     use clap::Parser;
-    use mongodb::bson::{Document, doc};
     use votestream::config::{Cli, Command};
     use votestream::logs::LogsApp;
+    use votestream::schema::mongo::LogDocument;
 
     /// FerretDB's resident memory must stay under this.
     const RSS_BOUND_MIB: f64 = 1_024.0;
@@ -405,14 +395,21 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
     let logs = world.logs().await;
     let start = chrono::Utc::now().timestamp_millis() - 3_600_000;
     for chunk in 0..40_i64 {
-        let docs: Vec<Document> = (0..5_000_i64)
+        let docs: Vec<LogDocument> = (0..5_000_i64)
             .map(|i| {
                 let n = chunk * 5_000 + i;
                 let at = mongodb::bson::DateTime::from_millis(start + n);
-                doc! {
-                    "_id": uuid::Uuid::now_v7().to_string(), "received_at": at, "logged_at": at,
-                    "name": "Alux Nahual", "album": "Alux Nahual", "year": 1985_i32, "rank": 7.0,
-                    "route": "grpc", "partition": (n % 6) as i32, "offset": n,
+                LogDocument {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    received_at: at,
+                    logged_at: at,
+                    name: "Alux Nahual".into(),
+                    album: "Alux Nahual".into(),
+                    year: 1985,
+                    rank: 7.0,
+                    route: "grpc".into(),
+                    partition: (n % 6) as i32,
+                    offset: n,
                 }
             })
             .collect();
@@ -521,7 +518,7 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
     );
     assert!(streamed > 0, "the live streams got the new logs");
     assert!(peak < RSS_BOUND_MIB, "FerretDB peak RSS {peak:.0} MiB");
-    let logged = logs.count_documents(doc! {}).await.expect("count logs");
+    let logged = logs.count_documents(mongodb::bson::doc! {}).await.expect("count logs");
     assert_eq!(
         logged,
         200_000 + n as u64,

@@ -11,7 +11,7 @@ use votestream::consumer::batch::{Batch, Entry, PartitionRange, SharedBatch};
 use votestream::consumer::metrics::ConsumerMetrics;
 use votestream::consumer::redis_sink::RedisWriter;
 use votestream::consumer::sink::{Sink, SinkError, WriteFailure};
-use votestream::redis_keys::RedisKeys;
+use votestream::schema::redis::RedisKeys;
 use votestream::stores::STORE_TIMEOUT;
 use votestream::stores::redis_pool;
 use votestream::vote::{Route, Rules, Vote};

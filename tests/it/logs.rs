@@ -14,15 +14,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use deadpool_redis::redis;
-use mongodb::bson::{self, Document, doc};
+use mongodb::bson;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use votestream::config::{Cli, Command, LogsSettings};
-use votestream::log_entry::LogEntry;
 use votestream::logs::LogsApp;
-use votestream::redis_keys::RedisKeys;
+use votestream::schema;
+use votestream::schema::mongo::LogDocument;
+use votestream::schema::redis::RedisKeys;
 
 use crate::common::{delete_prefix, mongodb_uri, redis_url, unique};
 
@@ -56,7 +57,7 @@ impl TestApp {
     }
 
     /// Starts the app on a database that already holds `logs`.
-    pub async fn spawn_with_logs(extra: &[&str], logs: &[Document]) -> TestApp {
+    pub async fn spawn_with_logs(extra: &[&str], logs: &[LogDocument]) -> TestApp {
         let database = unique("logs");
         let prefix = format!("{}:", unique("logs"));
         let (mongo_uri, redis) = (mongodb_uri(), redis_url());
@@ -78,7 +79,7 @@ impl TestApp {
             .await
             .expect("mongo client");
         if !logs.is_empty() {
-            let collection = mongo.database(&database).collection::<Document>("logs");
+            let collection = schema::mongo::logs(&mongo.database(&database));
             collection.insert_many(logs).await.expect("logs inserted");
         }
         let app = LogsApp::build(&settings(&args)).await.expect("logs app builds");
@@ -98,9 +99,8 @@ impl TestApp {
         }
     }
 
-    pub async fn insert(&self, logs: &[Document]) {
-        self.db
-            .collection::<Document>("logs")
+    pub async fn insert(&self, logs: &[LogDocument]) {
+        schema::mongo::logs(&self.db)
             .insert_many(logs)
             .await
             .expect("logs inserted");
@@ -109,13 +109,13 @@ impl TestApp {
     /// What the consumer does for a batch of newly counted votes: logs them in
     /// MongoDB and appends them, in order, as one entry of the `logs:tail`
     /// stream the live page reads.
-    pub async fn count(&self, logs: &[Document]) {
+    pub async fn count(&self, logs: &[LogDocument]) {
         self.insert(logs).await;
         let items: Vec<String> = logs.iter().map(item_of).collect();
         let _: String = redis::cmd("XADD")
             .arg(RedisKeys::new(&self.prefix).logs_tail)
             .arg("*")
-            .arg("logs")
+            .arg(schema::redis::LOGS_TAIL_FIELD)
             .arg(format!("[{}]", items.join(",")))
             .query_async(&mut self.redis().await)
             .await
@@ -174,35 +174,25 @@ impl TestApp {
     }
 }
 
-/// A log document in the shape the consumer writes.
-pub fn log(id: &str, received_at_ms: i64, band: &str, album: &str, route: &str) -> Document {
-    doc! {
-        "_id": id,
-        "received_at": bson::DateTime::from_millis(received_at_ms),
-        "logged_at": bson::DateTime::now(),
-        "name": band,
-        "album": album,
-        "year": 1990_i32,
-        "rank": 7.5,
-        "route": route,
-        "partition": 0_i32,
-        "offset": 0_i64,
+/// A log document as the consumer writes it.
+pub fn log(id: &str, received_at_ms: i64, band: &str, album: &str, route: &str) -> LogDocument {
+    LogDocument {
+        id: id.to_owned(),
+        received_at: bson::DateTime::from_millis(received_at_ms),
+        logged_at: bson::DateTime::now(),
+        name: band.to_owned(),
+        album: album.to_owned(),
+        year: 1990,
+        rank: 7.5,
+        route: route.to_owned(),
+        partition: 0,
+        offset: 0,
     }
 }
 
 /// The live-tail item (the `/logs` JSON item) of a log document.
-pub fn item_of(doc: &Document) -> String {
-    let received_at = doc.get_datetime("received_at").expect("received_at").timestamp_millis();
-    let entry = LogEntry {
-        id: doc.get_str("_id").expect("_id").to_owned(),
-        received_at: DateTime::from_timestamp_millis(received_at).expect("instant"),
-        band: doc.get_str("name").expect("name").to_owned(),
-        album: doc.get_str("album").expect("album").to_owned(),
-        year: i64::from(doc.get_i32("year").expect("year")),
-        rank: doc.get_f64("rank").expect("rank"),
-        route: doc.get_str("route").expect("route").to_owned(),
-    };
-    serde_json::to_string(&entry).expect("item")
+pub fn item_of(log: &LogDocument) -> String {
+    serde_json::to_string(&log.clone().entry().expect("a valid log")).expect("item")
 }
 
 pub fn new_id() -> String {
@@ -235,7 +225,7 @@ pub use crate::common::free_port;
 #[tokio::test]
 async fn logs_come_back_newest_first_with_utc_date_time_and_instant() {
     let app = TestApp::spawn(&[]).await;
-    let docs: Vec<Document> = (0..30)
+    let docs: Vec<LogDocument> = (0..30)
         .map(|i| {
             log(
                 &format!("vote-{i:02}"),
@@ -322,7 +312,7 @@ async fn paging_with_the_cursor_through_1000_logs_while_new_ones_arrive_returns_
     // Four votes per millisecond, so pages also split ties, which only the
     // id orders.
     let old: Vec<(i64, String)> = (0..1_000).map(|i| (T0 + i / 4, new_id())).collect();
-    let docs: Vec<Document> = old
+    let docs: Vec<LogDocument> = old
         .iter()
         .map(|(at, id)| log(id, *at, "Viernes Verde", "Rock", "http"))
         .collect();
@@ -339,7 +329,7 @@ async fn paging_with_the_cursor_through_1000_logs_while_new_ones_arrive_returns_
         assert_eq!(status, StatusCode::OK, "{page}");
         seen.extend(ids(&page));
         // New votes keep arriving between pages, newer than every old one.
-        let fresh: Vec<Document> = (0..5)
+        let fresh: Vec<LogDocument> = (0..5)
             .map(|_| {
                 arrivals += 1;
                 log(&new_id(), T0 + 10_000 + arrivals, "Viernes Verde", "Rock", "grpc")
@@ -358,14 +348,31 @@ async fn paging_with_the_cursor_through_1000_logs_while_new_ones_arrive_returns_
 }
 
 #[tokio::test]
-async fn the_consumer_creates_the_index_that_serves_the_page_order() {
+async fn the_consumer_and_the_logs_app_both_create_the_index_that_serves_the_page_order() {
     let database = unique("logs-index");
     let logs = votestream::consumer::mongo_sink::logs_collection(&mongodb_uri(), &database)
         .await
         .expect("logs collection");
     let names = logs.list_index_names().await.expect("index names");
     logs.drop().await.expect("drop");
-    assert!(names.iter().any(|name| name == "received_at_desc_id_desc"), "{names:?}");
+    assert!(
+        names.iter().any(|name| name == schema::mongo::PAGE_ORDER_INDEX),
+        "{names:?}"
+    );
+
+    // The logs app, on a database nobody has written to yet.
+    let app = TestApp::spawn(&[]).await;
+    let logs = schema::mongo::logs(&app.db);
+    let waiting = &logs;
+    eventually("the logs app to create the page-order index", || async move {
+        let names = waiting.list_index_names().await.unwrap_or_default();
+        names
+            .iter()
+            .any(|name| name == schema::mongo::PAGE_ORDER_INDEX)
+            .then_some(())
+    })
+    .await;
+    app.finish().await;
 }
 
 #[tokio::test]

@@ -9,11 +9,13 @@ use std::time::Duration;
 use chrono::Utc;
 use deadpool_redis::redis;
 use futures_util::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use votestream::schema::mongo::LogDocument;
 use votestream::vote::{Route, Rules, Vote, VoteRecord};
 
 use crate::common::{TempTopic, delete_prefix, free_port, kafka_brokers, mongodb_uri, redis_url, scratch_dir, unique};
@@ -79,6 +81,42 @@ impl World {
         ConsumerProcess { child, port }
     }
 
+    /// Runs a consumer for this world inside the test process (where a
+    /// process boundary is not the point): `flags` are the command line's.
+    pub fn run_consumer(&self, flags: &[&str]) -> InProcessConsumer {
+        let (brokers, redis, mongo) = (kafka_brokers(), self.redis_url.clone(), self.mongodb_uri.clone());
+        let world = [
+            ("--kafka-brokers", brokers.as_str()),
+            ("--votes-topic", &self.topic.name),
+            ("--dlq-topic", &self.dlq.name),
+            ("--consumer-group", &self.group),
+            ("--redis-url", &redis),
+            ("--redis-key-prefix", &self.prefix),
+            ("--mongodb-uri", &mongo),
+            ("--mongodb-database", &self.database),
+            ("--consumer-http-addr", "127.0.0.1:0"),
+        ];
+        let args = ["votestream", "consumer"]
+            .into_iter()
+            .chain(world.iter().flat_map(|(flag, value)| [*flag, *value]))
+            .chain(flags.iter().copied());
+        let cli = <votestream::config::Cli as clap::Parser>::try_parse_from(args).expect("valid consumer flags");
+        let votestream::config::Command::Consumer(settings) = cli.command else {
+            panic!("expected consumer settings");
+        };
+        let consumer = votestream::consumer::Consumer::build(settings).expect("the consumer builds");
+        let addr = consumer.addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(consumer.run(async {
+            let _ = stopped.await;
+        }));
+        InProcessConsumer {
+            addr,
+            stop: Some(stop),
+            run,
+        }
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis_url.as_str())
             .unwrap()
@@ -102,12 +140,9 @@ impl World {
         total.unwrap_or(0)
     }
 
-    pub async fn logs(&self) -> mongodb::Collection<Document> {
-        mongodb::Client::with_uri_str(&self.mongodb_uri)
-            .await
-            .unwrap()
-            .database(&self.database)
-            .collection("logs")
+    pub async fn logs(&self) -> mongodb::Collection<LogDocument> {
+        let client = mongodb::Client::with_uri_str(&self.mongodb_uri).await.unwrap();
+        votestream::schema::mongo::logs(&client.database(&self.database))
     }
 
     /// A reader of the group's committed offsets, to poll.
@@ -202,6 +237,21 @@ impl ConsumerProcess {
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
+    }
+}
+
+/// A consumer running inside the test process; it stops when dropped.
+pub struct InProcessConsumer {
+    pub addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessConsumer {
+    /// Stops it as SIGTERM would (drain, commit) and returns how it ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stop.take());
+        (&mut self.run).await.expect("the consumer task")
     }
 }
 
@@ -368,16 +418,9 @@ pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecor
     );
 
     let logs = world.logs().await;
-    let docs: Vec<Document> = logs
-        .find(doc! {})
-        .projection(doc! {"_id": 1})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let docs: Vec<LogDocument> = logs.find(doc! {}).await.unwrap().try_collect().await.unwrap();
     assert_eq!(docs.len(), votes.len(), "one log per vote");
-    let logged: HashSet<String> = docs.iter().map(|d| d.get_str("_id").unwrap().to_owned()).collect();
+    let logged: HashSet<String> = docs.into_iter().map(|d| d.id).collect();
     let sent: HashSet<String> = votes.iter().map(|v| v.id.to_string()).collect();
     assert!(logged == sent, "every vote logged under its id, and nothing else");
 }

@@ -134,8 +134,7 @@ pub async fn drain(
         let logs = votestream::stores::mongo_client(&uri, "votestream-bench", votestream::stores::STORE_TIMEOUT)
             .await?
             .database(&database);
-        let logged = logs
-            .collection::<mongodb::bson::Document>("logs")
+        let logged = votestream::schema::mongo::logs(&logs)
             .estimated_document_count()
             .await? as i64;
         anyhow::ensure!(logged == expected, "Mongo holds {logged} of {expected} logs");

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, Commands};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use votestream::redis_keys::RedisKeys;
+use votestream::schema::redis::RedisKeys;
 use votestream::vote::VoteRecord;
 
 use crate::ingress::{self, Ingress, percentile};

@@ -23,7 +23,7 @@ use votestream::consumer::mongo_sink::MongoWriter;
 use votestream::consumer::redis_sink::RedisWriter;
 use votestream::consumer::sink::{Sink, WriteFailure};
 use votestream::ingress::producer::VoteProducer;
-use votestream::redis_keys::RedisKeys;
+use votestream::schema::redis::RedisKeys;
 use votestream::vote::VoteRecord;
 
 use crate::settings;

@@ -16,7 +16,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use votestream::redis_keys::RedisKeys;
+use votestream::schema::redis::RedisKeys;
 
 pub struct Stack {
     pub brokers: String,

@@ -13,8 +13,8 @@ use deadpool_redis::redis;
 use fantoccini::{Client, ClientBuilder};
 use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
-use mongodb::bson::Document;
 use serde_json::{Value, json};
+use votestream::schema::mongo::LogDocument;
 
 use super::{TestApp, date_time, eventually, free_port, log};
 use crate::common::unique;
@@ -136,7 +136,7 @@ async fn the_page_shows_the_last_20_logs_then_a_new_vote_live_with_a_script_band
             (format!("seed-{i:02}"), start + i as i64 * 1_000, band, album, route)
         })
         .collect();
-    let docs: Vec<Document> = seeded
+    let docs: Vec<LogDocument> = seeded
         .iter()
         .map(|(id, at, band, album, route)| log(id, *at, band, album, route))
         .collect();

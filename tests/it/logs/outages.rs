@@ -2,7 +2,6 @@
 //! shared MongoDB and Redis are never stopped; the app is pointed at ports
 //! where nothing listens, and MongoDB "comes back" as a private FerretDB.
 
-use mongodb::bson::Document;
 use reqwest::StatusCode;
 
 use super::{T0, TestApp, eventually, free_port, ids, log};
@@ -37,7 +36,7 @@ async fn mongo_down_gives_503_with_a_clear_message_and_recovers_by_itself() {
     // MongoDB comes up on that port; the app is not restarted.
     let mongo = PrivateMongo::start_on(&scratch_dir("logs-outage"), port);
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
-    let logs = client.database(app.db.name()).collection::<Document>("logs");
+    let logs = votestream::schema::mongo::logs(&client.database(app.db.name()));
     logs.insert_one(log("after-recovery", T0, "La Tona", "Tona", "http"))
         .await
         .expect("insert into the private FerretDB");

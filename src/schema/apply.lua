@@ -1,20 +1,20 @@
--- Applies one pre-aggregated batch atomically (see src/consumer/redis_sink.rs).
--- KEYS: total, by_band, by_album, by_route, rank_sum, rank_avg, timeline, offsets, logs_tail
--- ARGV[1]: JSON {ranges = [[field, prev, first, last], ...], total, band, album, route, rank}
+-- Applies one pre-aggregated batch atomically (its types: src/schema/redis.rs).
+-- KEYS (RedisKeys::script_keys): total, by_band, by_album, by_route, rank_sum, rank_avg, timeline, offsets, logs_tail
+-- ARGV[1]: JSON Deltas {ranges = [{field, prev, first, last}, ...], total, band, album, route, rank}
 -- ARGV[2]: the approximate number of entries the logs_tail stream is capped at
 -- ARGV[3]: the newly counted votes as one JSON array of log items (stored as is)
--- Returns {'ok', total} | {'adjust', field, stored, ...} | {'gap', field, stored}
+-- Returns (ApplyReply) {'ok', total} | {'adjust', field, stored, ...} | {'gap', field, stored}
 local a = cjson.decode(ARGV[1])
 local adjust = {}
 for _, r in ipairs(a.ranges) do
-  local stored = tonumber(redis.call('HGET', KEYS[8], r[1]) or '-1')
-  if stored < r[2] then
+  local stored = tonumber(redis.call('HGET', KEYS[8], r.field) or '-1')
+  if stored < r.prev then
     -- Redis has not seen the records just before this batch: it lost data.
-    return {'gap', r[1], tostring(stored)}
+    return {'gap', r.field, tostring(stored)}
   end
-  if stored >= r[3] then
+  if stored >= r.first then
     -- Some records were counted before (a replay): the caller drops them and retries.
-    table.insert(adjust, r[1])
+    table.insert(adjust, r.field)
     table.insert(adjust, tostring(stored))
   end
 end
@@ -23,7 +23,7 @@ if #adjust > 0 then
   return adjust
 end
 for _, r in ipairs(a.ranges) do
-  redis.call('HSET', KEYS[8], r[1], r[4])
+  redis.call('HSET', KEYS[8], r.field, r.last)
 end
 local total = redis.call('INCRBY', KEYS[1], a.total)
 if a.total > 0 then
@@ -35,7 +35,8 @@ if a.total > 0 then
     redis.call('HSET', KEYS[6], k, string.format('%.2f', sum / count))
   end
   redis.call('XADD', KEYS[7], 'MAXLEN', '~', '10000', '*', 'total', total, 'delta', a.total)
-  -- The live page's tail: the newly counted votes once, in batch order, one entry per batch.
+  -- The live page's tail: the newly counted votes once, in batch order, one entry per batch,
+  -- under the field LOGS_TAIL_FIELD names.
   redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[2], '*', 'logs', ARGV[3])
 end
 return {'ok', tostring(total)}
