@@ -10,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from kustomize_lite import pod_specs
-from manifest_checks import Doc, find
+from manifest_checks import Doc, find, pod_specs
 
 
 def grafana_errors(docs: list[Doc], provisioning: Path) -> list[str]:

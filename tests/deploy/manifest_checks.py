@@ -17,11 +17,11 @@ import kubernetes_validate
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from contract import PART_OF, PROJECT_IMAGE
-from kustomize_lite import containers, pod_specs
 
 Doc = dict[str, Any]
 CUSTOM_GROUPS = {"kafka.strimzi.io"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
+WORKLOADS_WITH_TEMPLATE = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 # `kubectl apply` (client side) keeps a copy of each object in an annotation,
 # and all annotations of an object together may not pass 256 KiB.
 MAX_OBJECT_BYTES = 200 * 1024
@@ -35,6 +35,24 @@ def ident(doc: Doc) -> str:
 
 def find(docs: Iterable[Doc], kind: str, name: str | None = None) -> list[Doc]:
     return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def pod_specs(res: Doc) -> list[Doc]:
+    """The pod specs inside a resource (a workload's template, a Pod, a CronJob's job)."""
+    kind = res.get("kind")
+    spec = res.get("spec") or {}
+    if kind in WORKLOADS_WITH_TEMPLATE:
+        return [spec["template"]["spec"]]
+    if kind == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if kind == "Pod":
+        return [spec]
+    return []
+
+
+def containers(pod_spec: Doc) -> list[Doc]:
+    """The init containers and the containers of a pod spec."""
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec.get("containers", []))
 
 
 def is_project(container: Doc) -> bool:
@@ -146,6 +164,38 @@ def k8s_definition_errors(obj: Any, definition: str, version: str, where: str) -
         f"{where}: {'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
         for e in validator.iter_errors(obj)
     ]
+
+
+# --- Overlays --------------------------------------------------------------------
+
+
+def patch_target_errors(kustomization: Doc, docs: list[Doc]) -> list[str]:
+    """Each `target` of a kustomization's patches selects one of the resources it
+    rendered (kustomize applies a patch that selects nothing without a word)."""
+    errors = []
+
+    def selected(doc: Doc, target: Doc) -> bool:
+        group, _, version = doc["apiVersion"].rpartition("/")
+        fields = {
+            "group": group,
+            "version": version,
+            "kind": doc["kind"],
+            "name": doc["metadata"]["name"],
+            "namespace": doc["metadata"].get("namespace", ""),
+        }
+        # kustomize anchors each of these regular expressions.
+        return all(re.fullmatch(pattern, fields[f]) for f, pattern in target.items())
+
+    for patch in kustomization.get("patches", []):
+        target = patch.get("target")
+        if target is None:
+            continue  # a patch naming its resource: kustomize fails when there is none
+        unknown = set(target) - {"group", "version", "kind", "name", "namespace"}
+        if unknown:
+            errors.append(f"patch target {target}: this check knows no {sorted(unknown)}")
+        elif not any(selected(d, target) for d in docs):
+            errors.append(f"patch target {target} selects no resource")
+    return errors
 
 
 # --- Cross-references ------------------------------------------------------------

@@ -8,8 +8,17 @@ from __future__ import annotations
 import re
 
 from contract import PROBE_PATHS, PROJECT_IMAGE, SUBCOMMANDS, binary_env_names
-from kustomize_lite import containers, pod_specs
-from manifest_checks import Doc, container_env, find, ident, is_project, split_image, workloads
+from manifest_checks import (
+    Doc,
+    container_env,
+    containers,
+    find,
+    ident,
+    is_project,
+    pod_specs,
+    split_image,
+    workloads,
+)
 
 
 def pod_hygiene_errors(docs: list[Doc]) -> list[str]:

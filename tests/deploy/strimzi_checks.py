@@ -1,78 +1,170 @@
 """Checks of the Strimzi custom resources (Kafka, KafkaNodePool, KafkaTopic):
-a strict schema of the fields Strimzi documents (strimzi-v1.schema.yaml), then
-what the schema cannot say: the pools and topics belong to a Kafka that has
-controllers and brokers, the brokers can hold the replicas asked for, and the
-configuration leaves alone what Strimzi manages.
+Strimzi's own CRD schemas (the openAPIV3Schema of each kafka.strimzi.io/v1
+CRD, from the io.strimzi:api test jar: see tools.py), with unknown fields
+rejected as `kubectl apply` does, then what those schemas cannot say: the
+rules Strimzi documents but checks only when it reconciles (storage sizes and
+ids, listener ports, the Kafka settings it manages itself), and that pools and
+topics belong to a Kafka with controllers and brokers enough for the replicas
+asked for.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
-from manifest_checks import Doc, find, ident
+from manifest_checks import Doc, find, ident, k8s_definition_errors
+from tools import strimzi_crds
+from variants import K8S_VERSIONS, STRIMZI_VERSIONS
 
-HERE = Path(__file__).resolve().parent
+GROUP = "kafka.strimzi.io"
+# Kubernetes object names (DNS-1123 subdomain), which the API server enforces.
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# Strimzi's operators act only on the pools and topics labelled with their cluster.
+CLUSTER_LABEL = "strimzi.io/cluster"
+# Documented listener rules: 9404 and 9999 are Prometheus's and JMX's.
+RESERVED_LISTENER_PORTS = {9404, 9999}
 
-# Kafka settings Strimzi manages itself and rejects in `.spec.kafka.config`
-# (KafkaClusterSpec reference), with the documented exceptions.
-FORBIDDEN_KAFKA_CONFIG_PREFIXES = (
-    "listeners", "advertised.", "broker.", "listener.", "host.name", "port",
-    "inter.broker.listener.name", "sasl.", "ssl.", "security.", "password.",
-    "log.dir", "zookeeper.connect", "zookeeper.set.acl", "zookeeper.ssl",
-    "zookeeper.clientCnxnSocket", "authorizer.", "super.user",
-    "cruise.control.metrics.topic", "cruise.control.metrics.reporter.bootstrap.servers",
-    "node.id", "process.roles", "controller.", "metadata.log.dir",
-    "zookeeper.metadata.migration.enable", "client.quota.callback.static.kafka.admin.",
-    "client.quota.callback.static.produce", "client.quota.callback.static.fetch",
-    "client.quota.callback.static.storage.per.volume.limit.min.available.",
-    "client.quota.callback.static.excluded.principal.name.list",
-)  # fmt: skip
-ALLOWED_KAFKA_CONFIG = {
-    "zookeeper.connection.timeout.ms", "sasl.server.max.receive.size", "ssl.cipher.suites",
-    "ssl.protocol", "ssl.enabled.protocols", "ssl.secure.random.implementation",
-    "cruise.control.metrics.topic.num.partitions", "cruise.control.metrics.topic.replication.factor",
-    "cruise.control.metrics.topic.retention.ms", "cruise.control.metrics.topic.auto.create.retries",
-    "cruise.control.metrics.topic.auto.create.timeout.ms",
-    "cruise.control.metrics.topic.min.insync.replicas", "controller.quorum.election.backoff.max.ms",
-    "controller.quorum.election.timeout.ms", "controller.quorum.fetch.timeout.ms",
-}  # fmt: skip
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD schema that rejects unknown fields: `kubectl apply` validates strictly
+    (fieldValidation=Strict), so a field the schema lacks is an error unless a
+    node keeps unknown fields (x-kubernetes-preserve-unknown-fields)."""
+    s = dict(schema)
+    if (
+        s.get("type") == "object"
+        and "additionalProperties" not in s
+        and not s.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        s["additionalProperties"] = False
+    if "properties" in s:
+        s["properties"] = {k: _strict(v) for k, v in s["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(s.get(key), dict):
+            s[key] = _strict(s[key])
+    return s
 
 
 @lru_cache(maxsize=None)
-def strimzi_schema() -> dict[str, Any]:
-    return yaml.safe_load((HERE / "strimzi-v1.schema.yaml").read_text())
+def _validator(strimzi_version: str, kind: str, api_version: str) -> Any:
+    crd = strimzi_crds(strimzi_version).get(kind)
+    if crd is None or crd["spec"]["group"] != GROUP:
+        return None
+    served = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
+    if api_version not in served:
+        return None
+    schema = copy.deepcopy(served[api_version]["schema"]["openAPIV3Schema"])
+    # The API server checks metadata itself (ObjectMeta: see strimzi_schema_errors).
+    schema["properties"]["metadata"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    # OpenAPI 3.0 schemas are JSON Schema draft 4 with extensions.
+    return jsonschema.Draft4Validator(_strict(schema))
+
+
+def strimzi_schema_errors(docs: list[Doc], strimzi_version: str) -> list[str]:
+    """Every kafka.strimzi.io resource against the CRD of Strimzi `strimzi_version`
+    (unknown fields rejected), and its metadata against Kubernetes' ObjectMeta."""
+    errors = []
+    for doc in docs:
+        group, _, api_version = doc.get("apiVersion", "").partition("/")
+        if group != GROUP:
+            continue
+        where = f"{ident(doc)} (Strimzi {strimzi_version})"
+        validator = _validator(strimzi_version, doc.get("kind"), api_version)
+        if validator is None:
+            errors.append(f"{where}: Strimzi serves no {doc.get('kind')} in {doc['apiVersion']}")
+            continue
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+            errors.append(f"{where}: {'/'.join(str(p) for p in e.absolute_path)}: {e.message}")
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict) or not DNS_SUBDOMAIN.fullmatch(str(meta.get("name", ""))):
+            errors.append(f"{where}: metadata.name is not a DNS-1123 subdomain")
+        elif len(meta["name"]) > 253:
+            errors.append(f"{where}: metadata.name is longer than 253 characters")
+        else:
+            errors += k8s_definition_errors(
+                meta, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", K8S_VERSIONS[0], f"{where}: metadata"
+            )
+    return errors
+
+
+@lru_cache(maxsize=None)
+def kafka_config_rules() -> tuple[tuple[str, ...], frozenset[str]]:
+    """The prefixes of `.spec.kafka.config` keys Strimzi manages itself and rejects,
+    and the keys excepted, as the description of that field in its Kafka CRD lists
+    them (0.50's does; later ones point to the documentation instead)."""
+    for version in STRIMZI_VERSIONS:
+        kafka = next(v for v in strimzi_crds(version)["Kafka"]["spec"]["versions"] if v["name"] == "v1")
+        config = kafka["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["kafka"]
+        text = " ".join(config["properties"]["config"].get("description", "").split())
+        m = re.search(r"cannot be set: (.+?) \(with the exception of: (.+?)\)\.", text)
+        if m:
+            forbidden = tuple(p.strip() for p in m.group(1).split(","))
+            return forbidden, frozenset(p.strip() for p in m.group(2).split(","))
+    raise AssertionError(f"no Kafka CRD of Strimzi {STRIMZI_VERSIONS} lists the forbidden config prefixes")
+
+
+def _config_errors(where: str, config: Any) -> list[str]:
+    if not isinstance(config, dict):
+        return []
+    return [
+        f"{where}: config {key} is not a string, number or boolean"
+        for key, value in config.items()
+        if not isinstance(value, (str, int, float, bool))
+    ]
+
+
+def _storage_errors(where: str, storage: dict[str, Any]) -> list[str]:
+    errors = []
+    volumes = storage.get("volumes", []) if storage.get("type") == "jbod" else [storage]
+    if storage.get("type") == "jbod":
+        ids = [v.get("id") for v in volumes]
+        if not volumes or None in ids or len(set(ids)) != len(ids):
+            errors.append(f"{where}: JBOD storage needs volumes, each with its own id")
+    for v in volumes:
+        if v.get("type") == "persistent-claim" and not v.get("size"):
+            errors.append(f"{where}: a persistent-claim volume needs a size")
+    return errors
 
 
 def strimzi_errors(docs: list[Doc]) -> list[str]:
     errors = []
-    schema = strimzi_schema()
-    for doc in docs:
-        if doc.get("apiVersion", "").split("/")[0] != "kafka.strimzi.io":
-            continue
-        kind = doc.get("kind")
-        # The schema's $defs hold the kinds (capitalised) and their parts (lower case).
-        if kind not in schema["$defs"] or not kind[0].isupper():
-            errors.append(f"{ident(doc)}: no schema for Strimzi kind {kind}")
-            continue
-        validator = jsonschema.Draft202012Validator({**schema, "$ref": f"#/$defs/{kind}"})
-        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
-            errors.append(f"{ident(doc)}: {'/'.join(str(p) for p in e.absolute_path)}: {e.message}")
+    for version in STRIMZI_VERSIONS:
+        errors += strimzi_schema_errors(docs, version)
+    for doc in find(docs, "KafkaNodePool") + find(docs, "KafkaTopic"):
+        if CLUSTER_LABEL not in doc["metadata"].get("labels", {}):
+            errors.append(f"{ident(doc)}: no {CLUSTER_LABEL} label (no Strimzi cluster takes it)")
     if errors:
         return errors
 
+    for pool in find(docs, "KafkaNodePool"):
+        roles = pool["spec"]["roles"]
+        if not roles or len(set(roles)) != len(roles):
+            errors.append(f"{ident(pool)}: roles must be controller and/or broker, each once")
+        errors += _storage_errors(ident(pool), pool["spec"]["storage"])
+    for topic in find(docs, "KafkaTopic"):
+        errors += _config_errors(ident(topic), topic["spec"].get("config"))
+
+    forbidden, excepted = kafka_config_rules()
     for kafka in find(docs, "Kafka"):
         name, ns = kafka["metadata"]["name"], kafka["metadata"].get("namespace")
         if kafka["metadata"].get("annotations", {}).get("strimzi.io/kraft") == "disabled":
             errors.append(f"{ident(kafka)}: KRaft disabled (Strimzi 0.46+ runs KRaft only)")
+        listeners = kafka["spec"]["kafka"]["listeners"]
+        for field in ("name", "port"):
+            values = [listener[field] for listener in listeners]
+            if len(set(values)) != len(values):
+                errors.append(f"{ident(kafka)}: two listeners with the same {field}")
+        for listener in listeners:
+            if listener["port"] in RESERVED_LISTENER_PORTS:
+                errors.append(f"{ident(kafka)}: listener {listener['name']} on reserved port {listener['port']}")
         pools = [
             p
             for p in find(docs, "KafkaNodePool")
-            if p["metadata"]["labels"]["strimzi.io/cluster"] == name and p["metadata"].get("namespace") == ns
+            if p["metadata"]["labels"][CLUSTER_LABEL] == name and p["metadata"].get("namespace") == ns
         ]
         roles = {r for p in pools for r in p["spec"]["roles"]}
         for role in ("controller", "broker"):
@@ -83,8 +175,9 @@ def strimzi_errors(docs: list[Doc]) -> list[str]:
         if controllers % 2 == 0:
             errors.append(f"{ident(kafka)}: {controllers} controllers (a KRaft quorum wants an odd number)")
         config = kafka["spec"]["kafka"].get("config", {})
+        errors += _config_errors(ident(kafka), config)
         for key in config:
-            if key not in ALLOWED_KAFKA_CONFIG and key.startswith(FORBIDDEN_KAFKA_CONFIG_PREFIXES):
+            if key not in excepted and key.startswith(forbidden):
                 errors.append(f"{ident(kafka)}: spec.kafka.config.{key} is managed by Strimzi")
         for key in (
             "default.replication.factor",
@@ -97,7 +190,7 @@ def strimzi_errors(docs: list[Doc]) -> list[str]:
         if int(config.get("min.insync.replicas", 1)) > default_rf:
             errors.append(f"{ident(kafka)}: min.insync.replicas above default.replication.factor")
         for topic in find(docs, "KafkaTopic"):
-            if topic["metadata"]["labels"]["strimzi.io/cluster"] != name:
+            if topic["metadata"]["labels"][CLUSTER_LABEL] != name:
                 continue
             replicas = topic["spec"].get("replicas", default_rf)
             if replicas > brokers:
@@ -112,7 +205,7 @@ def strimzi_errors(docs: list[Doc]) -> list[str]:
 
     clusters = {(k["metadata"]["name"], k["metadata"].get("namespace")) for k in find(docs, "Kafka")}
     for doc in find(docs, "KafkaNodePool") + find(docs, "KafkaTopic"):
-        cluster = doc["metadata"]["labels"]["strimzi.io/cluster"]
+        cluster = doc["metadata"]["labels"][CLUSTER_LABEL]
         if (cluster, doc["metadata"].get("namespace")) not in clusters:
-            errors.append(f"{ident(doc)}: strimzi.io/cluster={cluster} names no Kafka in its namespace")
+            errors.append(f"{ident(doc)}: {CLUSTER_LABEL}={cluster} names no Kafka in its namespace")
     return errors

@@ -10,10 +10,10 @@ import pytest
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from variants import rendered
+from variants import STRIMZI_VERSIONS, rendered
 from contract import ROOT
-from kustomize_lite import pod_specs
-from strimzi_checks import strimzi_errors
+from manifest_checks import pod_specs
+from strimzi_checks import strimzi_errors, strimzi_schema_errors
 
 
 def container(docs, kind, name, index=0):
@@ -54,6 +54,90 @@ def listener_without_tls(docs):
 
 
 @mistake
+def listener_type_typo(docs):
+    mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["listeners"][0]["type"] = "internl"
+
+
+@mistake
+def listener_name_with_capitals(docs):
+    mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["listeners"][0]["name"] = "Plain"
+
+
+@mistake
+def kafka_resources_outside_the_node_pool(docs):
+    # Accepted by kafka.strimzi.io/v1beta2, gone from v1: resources belong to the pools.
+    mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["resources"] = {"limits": {"memory": "2Gi"}}
+
+
+@mistake
+def misspelt_volume_field(docs):
+    volume = mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["storage"]["volumes"][0]
+    volume["deleteclaim"] = volume.pop("deleteClaim")
+
+
+@mistake
+def string_pool_replicas(docs):
+    mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["replicas"] = "3"
+
+
+@mistake
+def unknown_node_role(docs):
+    mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["roles"].append("zookeeper")
+
+
+@mistake
+def bad_memory_quantity(docs):
+    mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["resources"]["limits"]["memory"] = "2GB"
+
+
+@mistake
+def zero_partitions(docs):
+    mc.find(docs, "KafkaTopic", "votes")[0]["spec"]["partitions"] = 0
+
+
+@mistake
+def older_strimzi_api(docs):
+    mc.find(docs, "KafkaTopic", "votes")[0]["apiVersion"] = "kafka.strimzi.io/v1beta2"
+
+
+@mistake
+def misspelt_metadata_field(docs):
+    meta = mc.find(docs, "KafkaTopic", "votes")[0]["metadata"]
+    meta["label"] = meta.pop("labels")
+
+
+@mistake
+def topic_name_with_a_capital(docs):
+    mc.find(docs, "KafkaTopic", "votes")[0]["metadata"]["name"] = "Votes"
+
+
+# Each caught by Strimzi's own CRD schema, of every Strimzi version checked;
+# with the text the error must hold.
+CAUGHT_BY_STRIMZIS_CRDS = {
+    misspelt_topic_field: "'partition' was unexpected",
+    listener_without_tls: "'tls' is a required property",
+    listener_type_typo: "'internl' is not one of",
+    listener_name_with_capitals: "does not match",
+    kafka_resources_outside_the_node_pool: "'resources' was unexpected",
+    misspelt_volume_field: "'deleteclaim' was unexpected",
+    string_pool_replicas: "is not of type 'integer'",
+    unknown_node_role: "'zookeeper' is not one of",
+    bad_memory_quantity: "does not match",
+    zero_partitions: "less than the minimum of 1",
+    older_strimzi_api: "serves no KafkaTopic in kafka.strimzi.io/v1beta2",
+    misspelt_metadata_field: "'label' was unexpected",
+    topic_name_with_a_capital: "not a DNS-1123 subdomain",
+}
+
+
+@pytest.mark.parametrize("strimzi", STRIMZI_VERSIONS)
+@pytest.mark.parametrize("make", list(CAUGHT_BY_STRIMZIS_CRDS), ids=lambda f: f.__name__)
+def test_strimzis_crd_schema_reports_a_mistake(make, strimzi):
+    errors = strimzi_schema_errors(make(), strimzi)
+    assert any(CAUGHT_BY_STRIMZIS_CRDS[make] in e for e in errors), errors
+
+
+@mistake
 def config_strimzi_manages(docs):
     mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["config"]["listeners"] = "PLAINTEXT://:9092"
 
@@ -61,6 +145,36 @@ def config_strimzi_manages(docs):
 @mistake
 def pool_without_roles(docs):
     del mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["roles"]
+
+
+@mistake
+def pool_without_cluster_label(docs):
+    del mc.find(docs, "KafkaNodePool", "dual-role")[0]["metadata"]["labels"]["strimzi.io/cluster"]
+
+
+@mistake
+def pool_with_no_role(docs):
+    mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["roles"] = []
+
+
+@mistake
+def jbod_volume_without_id(docs):
+    del mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["storage"]["volumes"][0]["id"]
+
+
+@mistake
+def listener_on_the_prometheus_port(docs):
+    mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["listeners"][0]["port"] = 9404
+
+
+@mistake
+def claim_without_size(docs):
+    del mc.find(docs, "KafkaNodePool", "dual-role")[0]["spec"]["storage"]["volumes"][0]["size"]
+
+
+@mistake
+def topic_config_not_a_scalar(docs):
+    mc.find(docs, "KafkaTopic", "votes")[0]["spec"]["config"]["retention.ms"] = {"value": -1}
 
 
 @mistake
@@ -187,6 +301,12 @@ CAUGHT_BY = {
     listener_without_tls: strimzi_errors,
     config_strimzi_manages: strimzi_errors,
     pool_without_roles: strimzi_errors,
+    pool_without_cluster_label: strimzi_errors,
+    pool_with_no_role: strimzi_errors,
+    jbod_volume_without_id: strimzi_errors,
+    listener_on_the_prometheus_port: strimzi_errors,
+    claim_without_size: strimzi_errors,
+    topic_config_not_a_scalar: strimzi_errors,
     topic_of_another_cluster: strimzi_errors,
     more_replicas_than_brokers: strimzi_errors,
     service_selector_typo: mc.reference_errors,
@@ -215,6 +335,14 @@ CAUGHT_BY = {
 @pytest.mark.parametrize("make", list(CAUGHT_BY), ids=lambda f: f.__name__)
 def test_a_mistake_is_reported(make):
     assert CAUGHT_BY[make](make()) != []
+
+
+def test_a_patch_selecting_nothing_is_reported():
+    selects = {"patches": [{"target": {"kind": "KafkaNodePool", "name": "dual-role"}, "patch": "[]"}]}
+    assert mc.patch_target_errors(selects, rendered("base")) == []
+    # The name is a regular expression that kustomize anchors: a prefix selects nothing.
+    typo = {"patches": [{"target": {"kind": "KafkaNodePool", "name": "dual"}, "patch": "[]"}]}
+    assert mc.patch_target_errors(typo, rendered("base")) != []
 
 
 def test_a_provider_reading_another_folder_is_reported(tmp_path):

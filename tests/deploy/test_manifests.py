@@ -1,22 +1,24 @@
-"""The Kubernetes manifests (deploy/k8s, base and overlays), rendered as
-`kubectl apply -k` would, checked offline: Kubernetes' own schemas with
-unknown fields rejected, Strimzi's documented fields, cross-references, pod
-hardening, and agreement with what the votestream binary serves and reads."""
+"""The Kubernetes manifests (deploy/k8s, base and overlays), rendered by
+`kubectl kustomize` as `kubectl apply -k` would, checked offline: Kubernetes'
+own schemas and Strimzi's CRDs with unknown fields rejected, cross-references,
+pod hardening, and agreement with what the votestream binary serves and reads."""
 
 from __future__ import annotations
 
+import base64
 import re
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from variants import K8S, K8S_VERSIONS
+from variants import K8S, K8S_VERSIONS, STRIMZI_VERSIONS, VARIANTS, rendered
 from contract import PROBE_PATHS, ROOT, grpc_services
-from kustomize_lite import containers, parse_env_file, pod_specs
-from strimzi_checks import strimzi_errors
+from manifest_checks import containers, pod_specs
+from strimzi_checks import strimzi_errors, strimzi_schema_errors
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -24,8 +26,20 @@ def test_every_builtin_resource_matches_the_kubernetes_schema_strictly(docs, ver
     assert mc.k8s_schema_errors(docs, version) == []
 
 
-def test_strimzi_resources_have_the_fields_strimzi_documents(docs):
+@pytest.mark.parametrize("strimzi", STRIMZI_VERSIONS)
+def test_strimzi_resources_match_strimzis_crds_strictly(docs, strimzi):
+    assert [d["kind"] for d in docs if d["apiVersion"].startswith("kafka.strimzi.io/")], "no Strimzi resource"
+    assert strimzi_schema_errors(docs, strimzi) == []
+
+
+def test_strimzi_resources_follow_the_rules_strimzi_checks_when_reconciling(docs):
     assert strimzi_errors(docs) == []
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "base"])
+def test_every_targeted_patch_of_an_overlay_selects_a_resource(variant):
+    kustomization = yaml.safe_load((K8S / variant / "kustomization.yaml").read_text())
+    assert mc.patch_target_errors(kustomization, rendered(variant)) == []
 
 
 def test_every_reference_resolves(docs):
@@ -114,8 +128,10 @@ def test_the_ingress_routes_post_votes_and_every_grpc_service(base):
     assert grpc["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
 
 
-def test_committed_secrets_are_placeholders():
-    values = parse_env_file((K8S / "base" / "secrets.env").read_text())
+def test_committed_secrets_are_placeholders(base):
+    secret = mc.find(base, "Secret", mc.generated_name(base, "Secret", "votestream-secrets"))[0]
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert values, "the generated Secret is empty"
     for key, value in values.items():
         if "PASSWORD" in key:
             assert value.startswith("change-me"), f"{key} looks like a real secret"

@@ -1,13 +1,16 @@
-"""The rendered kustomizations and the Kubernetes versions the manifests are
-validated against. A module of its own, not conftest.py, so that test
-modules can import it while another test folder has a conftest.py too."""
+"""The rendered kustomizations and the Kubernetes and Strimzi versions the
+manifests are validated against. A module of its own, not conftest.py, so
+that test modules can import it while another test folder has a conftest.py
+too."""
 
 from __future__ import annotations
+
+import copy
 
 import kubernetes_validate
 
 from contract import ROOT
-from kustomize_lite import render
+from tools import STRIMZI_API_TEST_JARS, kustomize_build
 
 K8S = ROOT / "deploy" / "k8s"
 # The base and every overlay.
@@ -15,14 +18,16 @@ VARIANTS = ["base"] + sorted(f"overlays/{p.name}" for p in (K8S / "overlays").it
 # The oldest Kubernetes the manifests support (lifecycle.preStop.sleep is on by
 # default from 1.30) and the newest kubernetes-validate knows.
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+# Strimzi's CRDs: of the first release line that runs Kafka 4.1.1 (0.50, at
+# its last patch) and of the newest release whose io.strimzi:api test jar
+# ships them (tools.py).
+STRIMZI_VERSIONS = sorted(STRIMZI_API_TEST_JARS, key=lambda v: tuple(int(x) for x in v.split(".")))
 
 _rendered: dict[str, list] = {}
 
 
 def rendered(variant: str) -> list[dict]:
-    """A fresh copy of the resources of deploy/k8s/<variant>."""
-    import copy
-
+    """A fresh copy of the resources `kubectl kustomize deploy/k8s/<variant>` prints."""
     if variant not in _rendered:
-        _rendered[variant] = render(K8S / variant)
+        _rendered[variant] = kustomize_build(K8S / variant)
     return copy.deepcopy(_rendered[variant])
