@@ -48,13 +48,12 @@ impl Ingress {
         let intake = Intake::new(producer, Metrics::new(), settings.rules.rules(), args.max_batch);
         let http = TcpListener::bind(args.http_addr).context("binding the HTTP listener")?;
         let http_addr = http.local_addr()?;
-        let grpc = match args.no_grpc {
-            true => None,
-            false => {
-                let listener = TcpListener::bind(args.grpc_addr).context("binding the gRPC listener")?;
-                let addr = listener.local_addr()?;
-                Some((listener, addr))
-            }
+        let grpc = if args.no_grpc {
+            None
+        } else {
+            let listener = TcpListener::bind(args.grpc_addr).context("binding the gRPC listener")?;
+            let addr = listener.local_addr()?;
+            Some((listener, addr))
         };
         Ok(Ingress {
             args: args.clone(),

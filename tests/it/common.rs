@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -19,10 +18,7 @@ pub fn mongodb_uri() -> String {
     std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
 }
 
-/// A name no other test (or earlier run) uses.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
+pub use harness::{delete_prefix, unique};
 
 pub fn admin() -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
@@ -64,29 +60,18 @@ impl Drop for TempTopic {
 
 /// A port nothing listens on right now (for servers the tests start).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    harness::free_port().expect("a free port")
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    harness::eventually(what, limit, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A folder under target/ for a test's logs and private data.
@@ -94,13 +79,4 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(name));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-/// Deletes every Redis key that starts with `prefix`.
-pub async fn delete_prefix(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<()> {
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(conn).await?;
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL").arg(keys).query_async(conn).await?;
-    }
-    Ok(())
 }

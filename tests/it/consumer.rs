@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::eventually;
 use crate::pipeline::{World, assert_exact, produce, produce_raw, votes, wait_for_total};
-use crate::services::{PrivateMongo, PrivateRedis};
+use harness::servers::{PrivateMongo, PrivateRedis};
 
 /// Heavy tests share 2 cores; one at a time keeps each well inside its limits.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -70,8 +70,8 @@ async fn redis_and_mongo_restarts_while_draining_lose_and_double_count_nothing()
     let mut world = World::new("restarts").await;
     // Without persistence, the hardest case: Redis comes back empty, the
     // script reports a gap and the reader recounts from the log.
-    let mut redis = PrivateRedis::start(&world.dir, false);
-    let mut mongo = PrivateMongo::start(&world.dir);
+    let mut redis = PrivateRedis::start(&world.dir, false).expect("a private Redis");
+    let mut mongo = PrivateMongo::start(&world.dir).expect("a private FerretDB");
     world.redis_url = redis.url();
     world.mongodb_uri = mongo.uri();
     let n = 40_000;
@@ -80,7 +80,7 @@ async fn redis_and_mongo_restarts_while_draining_lose_and_double_count_nothing()
     let mut consumer = world.spawn_consumer(0, &[("BATCH_MAX_RECORDS", "250")]);
 
     let seen = progress_past(&world, 3_000).await;
-    redis.crash_and_restart(Duration::from_secs(2));
+    redis.crash_and_restart(Duration::from_secs(2)).expect("Redis restarts");
     eprintln!("redis killed and restarted empty at {seen} counted");
     let floor = progress_past(&world, seen).await;
     mongo.crash();
@@ -96,7 +96,7 @@ async fn redis_and_mongo_restarts_while_draining_lose_and_double_count_nothing()
         "votestream_consumer_records_read_total",
     );
     let paused = world.redis_total().await;
-    mongo.start_again();
+    mongo.start_again().expect("FerretDB restarts");
     eprintln!(
         "mongo down at {floor} counted: reading paused at {read_before} read ({read_after} 2 s later), {paused} counted"
     );
@@ -296,7 +296,7 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
 
     let _turn = HEAVY.lock().await;
     let mut world = World::new("tail").await;
-    let mut mongo = PrivateMongo::start(&world.dir);
+    let mut mongo = PrivateMongo::start(&world.dir).expect("a private FerretDB");
     world.mongodb_uri = mongo.uri();
     let n = 5_000;
     let (records, expected) = votes(n);
@@ -310,7 +310,7 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
     let floor = progress_past(&world, seen).await;
     mongo.crash();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    mongo.start_again();
+    mongo.start_again().expect("FerretDB restarts");
     eprintln!("mongo down for 3 s at {floor} counted");
     wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
@@ -388,7 +388,7 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
     const RSS_BOUND_MIB: f64 = 1_024.0;
     let _turn = HEAVY.lock().await;
     let mut world = World::new("crowd").await;
-    let mongo = PrivateMongo::start(&world.dir);
+    let mongo = PrivateMongo::start(&world.dir).expect("a private FerretDB");
     world.mongodb_uri = mongo.uri();
 
     // 200,000 logs already stored, in the consumer's shape.
@@ -497,14 +497,14 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
             std::time::Instant::now() < deadline,
             "the drain did not finish in 10 minutes"
         );
-        peak = peak.max(mongo.rss_mib().unwrap_or(0.0));
+        peak = peak.max(mongo.pid().and_then(harness::memory::rss_mib).unwrap_or(0.0));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     wait_for_total(&world, n as i64, Duration::from_secs(60)).await;
     // Logged too: the group committed the end of every partition (both sinks wrote it all).
     let (committed, ends) = (world.committed_reader(), world.high_watermarks());
     eventually("every offset committed", Duration::from_secs(120), || async {
-        (committed.read() == ends).then_some(())
+        (committed.read().expect("committed offsets") == ends).then_some(())
     })
     .await;
     let _ = stop.send(true);

@@ -10,5 +10,4 @@ mod fencing;
 mod ingress;
 mod logs;
 mod pipeline;
-mod services;
 mod smoke;

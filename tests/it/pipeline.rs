@@ -9,11 +9,10 @@ use std::time::Duration;
 use chrono::Utc;
 use deadpool_redis::redis;
 use futures_util::TryStreamExt;
+use harness::kafka::CommittedReader;
 use mongodb::bson::doc;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use votestream::schema::mongo::LogDocument;
 use votestream::vote::{Route, Rules, Vote, VoteRecord};
@@ -147,32 +146,12 @@ impl World {
 
     /// A reader of the group's committed offsets, to poll.
     pub fn committed_reader(&self) -> CommittedReader {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .set("group.id", &self.group)
-            .create()
-            .unwrap();
-        let mut partitions = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            partitions.add_partition(&self.topic.name, p);
-        }
-        CommittedReader { client, partitions }
+        CommittedReader::new(&kafka_brokers(), &self.group, &self.topic.name, 0..PARTITIONS).expect("an offsets reader")
     }
 
     /// The end of each partition of the votes topic.
     pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .create()
-            .unwrap();
-        (0..PARTITIONS)
-            .map(|p| {
-                let (_, high) = consumer
-                    .fetch_watermarks(&self.topic.name, p, Duration::from_secs(10))
-                    .unwrap();
-                (p, high)
-            })
-            .collect()
+        harness::kafka::high_watermarks(&kafka_brokers(), &self.topic.name).expect("high watermarks")
     }
 
     /// Drops the test's Redis keys and Mongo database.
@@ -180,30 +159,6 @@ impl World {
         delete_prefix(&mut self.redis().await, &self.prefix).await.unwrap();
         let client = mongodb::Client::with_uri_str(&self.mongodb_uri).await.unwrap();
         client.database(&self.database).drop().await.unwrap();
-    }
-}
-
-/// One group's committed offsets on every partition of a world's votes topic.
-pub struct CommittedReader {
-    client: BaseConsumer,
-    partitions: TopicPartitionList,
-}
-
-impl CommittedReader {
-    /// Kafka's committed offset of the group, per partition (-1 where none).
-    pub fn read(&self) -> BTreeMap<i32, i64> {
-        let committed = self
-            .client
-            .committed_offsets(self.partitions.clone(), Duration::from_secs(10))
-            .unwrap();
-        committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => (e.partition(), o),
-                _ => (e.partition(), -1),
-            })
-            .collect()
     }
 }
 
@@ -233,10 +188,7 @@ impl ConsumerProcess {
 
     /// The process's peak resident memory, in MiB (VmHWM).
     pub fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
+        harness::memory::peak_rss_mib(self.child.id())
     }
 }
 
@@ -362,7 +314,7 @@ pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecor
         "committed offsets at the end of every partition",
         Duration::from_secs(120),
         || {
-            let committed = reader.read();
+            let committed = reader.read().expect("committed offsets");
             let high = high.clone();
             async move { (committed == high).then_some(()) }
         },

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::stack::{PrivateFerretDb, Stack, unique};
+use harness::servers::PrivateMongo;
+
+use crate::stack::{Stack, free_port, unique};
 
 pub struct Drained {
     /// From the first batch counted in Redis to the last offset committed.
@@ -63,7 +65,7 @@ pub async fn drain(
     let group = unique("drain-group");
     let prefix = stack.prefix("drain");
     let mut private = match outage {
-        Some(_) => Some(PrivateFerretDb::start(&stack.scratch)?),
+        Some(_) => Some(PrivateMongo::start(&stack.scratch.join(unique("ferretdb")))?),
         None => None,
     };
     let (uri, database) = match &private {
@@ -72,11 +74,11 @@ pub async fn drain(
     };
     let committed = stack.committed_reader(&group, topic, ends.keys().copied().collect())?;
     let mut env = stack.consumer_env(topic, &group, &prefix, &uri, &database)?;
-    let logs_addr = format!("127.0.0.1:{}", crate::stack::free_port()?);
+    let logs_addr = format!("127.0.0.1:{}", free_port()?);
     if page {
         env.push(("LOGS_ADDR", logs_addr.clone()));
-        env.push(("GRPC_ADDR", format!("127.0.0.1:{}", crate::stack::free_port()?)));
-        env.push(("HTTP_ADDR", format!("127.0.0.1:{}", crate::stack::free_port()?)));
+        env.push(("GRPC_ADDR", format!("127.0.0.1:{}", free_port()?)));
+        env.push(("HTTP_ADDR", format!("127.0.0.1:{}", free_port()?)));
     }
     let mut redis = stack.redis().await?;
 
@@ -105,9 +107,9 @@ pub async fn drain(
                 "  Mongo (private FerretDB) stopped at {total} votes counted, for {:?}",
                 o.down_for
             );
-            db.stop();
+            db.crash();
             tokio::time::sleep(o.down_for).await;
-            db.restart()?;
+            db.start_again()?;
             outage_pending = None;
         }
         if last_committed_check.elapsed() >= COMMITTED_POLL {
@@ -143,7 +145,9 @@ pub async fn drain(
     if private.is_none() {
         stack.drop_database(&database).await;
     }
-    drop(private);
+    if let Some(db) = private {
+        db.discard();
+    }
 
     let first = first_counted.context("nothing was counted")?;
     Ok(Drained {

