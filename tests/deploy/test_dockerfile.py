@@ -16,7 +16,17 @@ from contract import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 # What `cargo build` reads, which the build context must keep.
-NEEDED = ["Cargo.toml", "Cargo.lock", "build.rs", "src/main.rs", "src/lib.rs", "proto/votes.proto"]
+NEEDED = [
+    "Cargo.toml",
+    "Cargo.lock",
+    "build.rs",
+    "src/main.rs",
+    "src/lib.rs",
+    "proto/votes.proto",
+    # A workspace member, and a path dependency of the benchmark's.
+    "tests/harness/Cargo.toml",
+    "tests/harness/src/lib.rs",
+]
 
 
 def commands():

@@ -11,8 +11,16 @@ use anyhow::Context as _;
 
 use crate::free_port;
 
-/// The FerretDB release `scripts/stack` builds, from the one file both read.
-pub const FERRETDB_VERSION: &str = include_str!("../../../scripts/ferretdb.version").trim_ascii();
+/// The file naming the FerretDB release `scripts/stack` builds; both read
+/// it (at run time here: the image build has no `scripts/`).
+const FERRETDB_VERSION_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ferretdb.version");
+
+/// The FerretDB release `scripts/stack` builds.
+pub fn ferretdb_version() -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(FERRETDB_VERSION_FILE).with_context(|| format!("reading {FERRETDB_VERSION_FILE}"))?;
+    Ok(text.trim().to_owned())
+}
 
 /// Where `scripts/stack up` keeps what it installs: `$STACK_CACHE`, else
 /// `$XDG_CACHE_HOME/votestream`, else `~/.cache/votestream`.
@@ -26,8 +34,8 @@ pub fn stack_cache() -> PathBuf {
 }
 
 /// The FerretDB binary `scripts/stack up` built.
-pub fn ferretdb_binary() -> PathBuf {
-    stack_cache().join(format!("ferretdb-{FERRETDB_VERSION}/ferretdb"))
+pub fn ferretdb_binary() -> anyhow::Result<PathBuf> {
+    Ok(stack_cache().join(format!("ferretdb-{}/ferretdb", ferretdb_version()?)))
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
@@ -165,7 +173,7 @@ impl PrivateMongo {
     /// Starts the server (again) on the same port and data.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.crash();
-        let binary = ferretdb_binary();
+        let binary = ferretdb_binary()?;
         anyhow::ensure!(
             binary.exists(),
             "FerretDB is not at {}; `scripts/stack up` installs it",
@@ -196,5 +204,24 @@ impl PrivateMongo {
 impl Drop for PrivateMongo {
     fn drop(&mut self) {
         self.crash();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ferretdb_version_is_read_from_the_file_scripts_stack_reads() {
+        let version = ferretdb_version().unwrap();
+        assert!(
+            version.starts_with('v') && !version.contains(char::is_whitespace),
+            "{version:?}"
+        );
+        let stack = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/stack")).unwrap();
+        assert!(
+            stack.contains("scripts/ferretdb.version"),
+            "scripts/stack reads the same file"
+        );
     }
 }
