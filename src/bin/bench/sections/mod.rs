@@ -4,11 +4,15 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use crate::report::{self, Report, Target, median};
 use crate::stack::Stack;
-use crate::{Args, Section, data, drain, e2e, ingress, raw, settings};
+use crate::{Args, Section, data, drain, raw, settings};
+
+mod pipeline;
+mod serving;
+
+use pipeline::pipeline_with_page;
+use serving::{end_to_end, ingress_routes};
 
 pub async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
     if args.runs(Section::Raw) {
@@ -223,115 +227,6 @@ async fn consumer_drain(args: &Args, stack: &Stack, report: &mut Report, topic: 
     Ok(())
 }
 
-/// The pipeline as users run it: the same backlog drained by the consumer
-/// alone, then by `votestream all` with a logs page open, in one invocation.
-async fn pipeline_with_page(args: &Args, stack: &Stack, report: &mut Report, topic: &str) -> anyhow::Result<()> {
-    let reps = args.reps();
-    let (mut alone, mut all, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-    let mut seen = drain::PageSeen::default();
-    for rep in 0..reps {
-        step(&format!("pipeline: consumer alone, run {}/{reps}", rep + 1));
-        alone.push(shown(
-            drain::drain(stack, topic, None, false, &format!("alone-{rep}"))
-                .await?
-                .votes_per_s,
-            "votes/s",
-        ));
-        step(&format!(
-            "pipeline: votestream all with a logs page open, run {}/{reps}",
-            rep + 1
-        ));
-        let drained = drain::drain(stack, topic, None, true, &format!("all-{rep}")).await?;
-        all.push(shown(drained.votes_per_s, "votes/s"));
-        rss.push(drained.peak_rss_mib);
-        let page = drained.page.context("the page's figures")?;
-        eprintln!(
-            "  page: {} first pages, {} deeper pages, {} failed, {} logs streamed",
-            page.first_ms.len(),
-            page.before_ms.len(),
-            page.failed,
-            page.streamed
-        );
-        seen.first_ms.extend(page.first_ms);
-        seen.before_ms.extend(page.before_ms);
-        seen.failed += page.failed;
-        seen.streamed += page.streamed;
-    }
-    report.add(
-        "pipeline.alone_votes_per_s",
-        "drain by the consumer alone",
-        "votes/s",
-        alone,
-    );
-    report.add(
-        "pipeline.all_votes_per_s",
-        "drain by votestream all, logs page open (SSE + GET /logs each second)",
-        "votes/s",
-        all,
-    );
-    report.add(
-        "pipeline.all_peak_rss_mib",
-        "votestream all peak RSS, page open",
-        "MiB",
-        rss,
-    );
-    report.add(
-        "pipeline.page_failed",
-        "page loads not answered 200 (all runs)",
-        "pages",
-        vec![seen.failed as f64],
-    );
-    report.add(
-        "pipeline.logs_streamed",
-        "logs the live stream pushed (all runs)",
-        "logs",
-        vec![seen.streamed as f64],
-    );
-    if let (Some(alone), Some(all)) = (
-        report.median("pipeline.alone_votes_per_s"),
-        report.median("pipeline.all_votes_per_s"),
-    ) {
-        report.target(Target {
-            key: "pipeline_all_vs_alone".into(),
-            label: "drain with the page open / consumer alone".into(),
-            value: all / alone,
-            bound: (">=", 0.9),
-            unit: "x",
-        });
-    }
-    for (key, label, samples) in [
-        (
-            "pipeline_logs_first_p99_ms",
-            "GET /logs?limit=20 p99 while draining",
-            &seen.first_ms,
-        ),
-        (
-            "pipeline_logs_before_p99_ms",
-            "GET /logs before=... p99 while draining",
-            &seen.before_ms,
-        ),
-    ] {
-        if let Some(p99) = percentile(samples, 0.99) {
-            report.target(Target {
-                key: key.into(),
-                label: format!("{label} ({} pages)", samples.len()),
-                value: p99,
-                bound: ("<=", 50.0),
-                unit: "ms",
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The `q` quantile of `samples` (nearest rank), `None` when there are none.
-fn percentile(samples: &[f64], q: f64) -> Option<f64> {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
-    sorted.get(rank - 1).copied()
-}
-
 async fn mongo_outage(args: &Args, stack: &Stack, report: &mut Report, topic: &str) -> anyhow::Result<()> {
     let reps = args.reps();
     let (mut peaks, mut rates) = (Vec::new(), Vec::new());
@@ -385,131 +280,4 @@ fn memory_targets(report: &mut Report) {
             });
         }
     }
-}
-
-async fn ingress_routes(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
-    let reps = args.reps();
-    let topic = stack.topic("ingress", 6).await?;
-    let ingress = ingress::Ingress::start(stack, &topic, "ingress").await?;
-    let load = ingress::Load {
-        warmup: Duration::from_secs(1),
-        measure: Duration::from_secs_f64(args.ingress_seconds),
-        concurrency: args.concurrency,
-        batch: args.batch,
-    };
-    let mut measured: Vec<Vec<ingress::Measured>> = ingress::Route::ALL.iter().map(|_| Vec::new()).collect();
-    // Routes take turns in every run, so slow drifts of the machine's load touch them alike.
-    for rep in 0..reps {
-        for (i, route) in ingress::Route::ALL.iter().enumerate() {
-            step(&format!("ingress {}, run {}/{reps}", route.key(), rep + 1));
-            let m = ingress::measure(&ingress, *route, &load).await?;
-            eprintln!(
-                "  {} votes/s, p50 {:.1} ms, p99 {:.1} ms",
-                report::number(m.votes_per_s),
-                m.p50_ms,
-                m.p99_ms
-            );
-            if m.errors > 0 {
-                report
-                    .notes
-                    .push(format!("ingress {}: {} failed requests", route.key(), m.errors));
-            }
-            measured[i].push(m);
-        }
-    }
-    drop(ingress);
-    stack.delete_topic(&topic).await;
-    for (route, runs) in ingress::Route::ALL.iter().zip(measured) {
-        let label = format!("ingress {}, {} clients", route.label(args.batch), args.concurrency);
-        let key = route.key();
-        report.add(
-            format!("ingress.{key}.votes_per_s"),
-            label,
-            "votes/s",
-            runs.iter().map(|m| m.votes_per_s).collect(),
-        );
-        report.add(
-            format!("ingress.{key}.p50_ms"),
-            "  request latency p50",
-            "ms",
-            runs.iter().map(|m| m.p50_ms).collect(),
-        );
-        report.add(
-            format!("ingress.{key}.p99_ms"),
-            "  request latency p99",
-            "ms",
-            runs.iter().map(|m| m.p99_ms).collect(),
-        );
-    }
-    if let (Some(grpc), Some(produce)) = (
-        report.median("ingress.grpc_batch.votes_per_s"),
-        report.median("raw.kafka_produce"),
-    ) {
-        report.target(Target {
-            key: "grpc_batch_vs_raw_produce".into(),
-            label: "gRPC batch ingress / raw Kafka produce".into(),
-            value: grpc / produce,
-            bound: (">=", 0.5),
-            unit: "x",
-        });
-    }
-    Ok(())
-}
-
-async fn end_to_end(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
-    let reps = args.reps();
-    let sustainable = [
-        report.median("drain.votes_per_s"),
-        report.median("ingress.grpc_batch.votes_per_s"),
-    ]
-    .into_iter()
-    .flatten()
-    .reduce(f64::min);
-    let rate = args
-        .e2e_rate
-        .or(sustainable.map(|s| s / 2.0))
-        .context("the end-to-end rate: run the drain or ingress section, or give --e2e-rate")?;
-    step(&format!("end to end at {rate:.0} votes/s, {reps} windows"));
-    let load = e2e::Paced {
-        rate,
-        batch: args.e2e_batch,
-        window: Duration::from_secs_f64(args.e2e_seconds),
-    };
-    let windows = e2e::run(stack, &load, reps).await?;
-    for w in &windows {
-        eprintln!(
-            "  {:.0} votes/s sent: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} votes",
-            w.achieved_per_s, w.p50_ms, w.p99_ms, w.max_ms, w.votes
-        );
-    }
-    let label = format!(
-        "end to end at {rate:.0} votes/s (gRPC batches of {}), received_at to Redis",
-        args.e2e_batch
-    );
-    report.add(
-        "e2e.achieved_per_s",
-        label,
-        "votes/s",
-        windows.iter().map(|w| w.achieved_per_s).collect(),
-    );
-    report.add("e2e.p50_ms", "  p50", "ms", windows.iter().map(|w| w.p50_ms).collect());
-    report.add("e2e.p99_ms", "  p99", "ms", windows.iter().map(|w| w.p99_ms).collect());
-    report.add("e2e.max_ms", "  max", "ms", windows.iter().map(|w| w.max_ms).collect());
-    report.add(
-        "e2e.votes",
-        "  votes measured per window",
-        "votes",
-        windows.iter().map(|w| w.votes as f64).collect(),
-    );
-    if let Some(s) = sustainable {
-        report.notes.push(format!("sustainable rate taken as {s:.0} votes/s"));
-    }
-    report.target(Target {
-        key: "e2e_p99".into(),
-        label: "end-to-end p99 at half the sustainable rate".into(),
-        value: median(&windows.iter().map(|w| w.p99_ms).collect::<Vec<_>>()),
-        bound: ("<=", 100.0),
-        unit: "ms",
-    });
-    Ok(())
 }
