@@ -41,7 +41,7 @@ use super::batch::{Batcher, Entry, SharedBatch};
 use super::commit::CommitTracker;
 use super::metrics::ConsumerMetrics;
 use super::mongo_sink::MongoLogger;
-use super::rebalance::{ReaderContext, Rebalanced};
+use super::rebalance::{PartitionStart, ReaderContext, Rebalanced};
 use super::redis_sink::RedisAggregator;
 use super::sink::{Backoff, SinkError, WriteBatch, Written};
 use crate::config::ConsumerSettings;
@@ -196,11 +196,11 @@ struct State {
 impl State {
     /// Records where each partition starts: the offset before it was handed
     /// out, and what Redis had (for dead letters already sent).
-    fn start_at(&mut self, starts: &[(i32, i64, i64)]) {
-        for &(p, start, redis_stored) in starts {
-            self.prev.insert(p, start - 1);
-            self.next.insert(p, start);
-            self.dlq_done.insert(p, redis_stored);
+    fn start_at(&mut self, starts: &[PartitionStart]) {
+        for s in starts {
+            self.prev.insert(s.partition, s.start - 1);
+            self.next.insert(s.partition, s.start);
+            self.dlq_done.insert(s.partition, s.redis_stored);
         }
     }
 }
