@@ -1,166 +1,39 @@
-//! The Kafka reader actor: reads `votes`, decodes and validates each record
-//! (bad ones go to the dead-letter topic), forms batches by count and time,
-//! hands each batch to both sinks and commits offsets once both have written
-//! it, in partition order. A batch leaves when it is full, when it is old
-//! enough, or as soon as no further record is ready while fewer batches than
-//! the Mongo logger's writers are in flight (adaptive batching: at once under
-//! light load, sized by the sinks' pace under load, full in a drain).
-//!
-//! Backpressure: at most `mailbox_capacity` batches are in flight and each
-//! sink's actix channel holds one more, so every `Addr::send` finds room and
-//! batches enter both mailboxes in dispatch order (order matters: the Redis
-//! script is fenced by offsets);
-//! when the sinks fall behind the limit is reached and the reader stops taking
-//! records; if that lasts (a sink is down), the assigned partitions are paused
-//! (the consumer keeps polling, so it stays in its group). Memory stays
-//! bounded by one open batch and librdkafka's capped prefetch.
-//!
-//! Where to start reading a partition is chosen in `rebalance.rs`. If the
-//! Redis script finds Redis behind a batch (it lost data), the reader drains
-//! what is in flight and seeks every partition back the same way ("rewind").
+//! The read loop: takes records, forms batches, hands each to both sinks,
+//! commits what both wrote, pauses when they fall behind, rewinds when Redis
+//! refuses a batch, and drains on shutdown. One run lasts until shutdown or
+//! the first Kafka error, after which the actor starts another.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::batch::{Batcher, Entry, SharedBatch};
-use super::commit::CommitTracker;
-use super::metrics::ConsumerMetrics;
-use super::mongo_sink::MongoLogger;
-use super::rebalance::{PartitionStart, ReaderContext, Rebalanced};
-use super::redis_sink::RedisAggregator;
-use super::sink::{Backoff, SinkError, WriteBatch, Written};
-use crate::config::ConsumerSettings;
-use crate::redis_keys::RedisKeys;
-use crate::vote::{Rules, VoteRecord};
-
-/// Everything the reader needs, cloned into each incarnation of its loop.
-#[derive(Clone)]
-pub struct ReaderConfig {
-    pub brokers: String,
-    pub topic: String,
-    pub dlq_topic: String,
-    pub group: String,
-    pub redis_url: String,
-    pub keys: RedisKeys,
-    pub rules: Rules,
-    pub batch_max_records: usize,
-    pub batch_max_wait: Duration,
-    pub max_in_flight: usize,
-    /// A batch that is not due leaves when nothing more is ready only while
-    /// fewer batches than this are in flight (the Mongo logger's writers).
-    pub eager_in_flight: usize,
-    /// Before each restart of the reader and each retry of a dead letter; the sinks' too.
-    pub backoff: Backoff,
-}
-
-impl ReaderConfig {
-    pub fn from_settings(s: &ConsumerSettings) -> ReaderConfig {
-        ReaderConfig {
-            brokers: s.kafka.kafka_brokers.clone(),
-            topic: s.kafka.votes_topic.clone(),
-            dlq_topic: s.kafka.dlq_topic.clone(),
-            group: s.consumer.consumer_group.clone(),
-            redis_url: s.redis.redis_url.clone(),
-            keys: RedisKeys::new(&s.redis.redis_key_prefix),
-            rules: s.rules.rules(),
-            batch_max_records: s.consumer.batch_max_records,
-            batch_max_wait: Duration::from_millis(s.consumer.batch_max_wait_ms),
-            max_in_flight: s.consumer.mailbox_capacity.max(1),
-            eager_in_flight: s.consumer.mongo_writers.clamp(1, s.consumer.mailbox_capacity.max(1)),
-            backoff: Backoff::new(
-                Duration::from_millis(s.consumer.restart_backoff_min_ms),
-                Duration::from_millis(s.consumer.restart_backoff_max_ms),
-            ),
-        }
-    }
-}
-
-pub struct KafkaReader {
-    /// What each incarnation of the read loop starts from.
-    run: ReadLoop,
-    /// Told once the reader has drained and committed after shutdown.
-    finished: watch::Sender<bool>,
-    backoff: Backoff,
-}
-
-impl KafkaReader {
-    pub fn new(
-        config: ReaderConfig,
-        redis: Addr<RedisAggregator>,
-        mongo: Addr<MongoLogger>,
-        metrics: Arc<ConsumerMetrics>,
-        shutdown: watch::Receiver<bool>,
-        finished: watch::Sender<bool>,
-    ) -> KafkaReader {
-        let backoff = config.backoff.clone();
-        KafkaReader {
-            run: ReadLoop {
-                config,
-                redis,
-                mongo,
-                metrics,
-                shutdown,
-            },
-            finished,
-            backoff,
-        }
-    }
-}
-
-impl Actor for KafkaReader {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let delay = self.backoff.delay();
-        let run = self.run.clone();
-        ctx.spawn(
-            async move {
-                tokio::time::sleep(delay).await;
-                let started = Instant::now();
-                (run.run().await, started.elapsed())
-            }
-            .into_actor(self)
-            .map(|(result, ran), act, ctx| match result {
-                // Drained after shutdown: stay idle (stopping would only restart us).
-                Ok(()) => {
-                    let _ = act.finished.send(true);
-                }
-                Err(error) => {
-                    tracing::warn!(actor = "kafka_reader", %error, "reader failed; restarting");
-                    act.backoff.failed_after(ran);
-                    ConsumerMetrics::set_up(&act.run.metrics.kafka_up, false);
-                    ctx.stop();
-                }
-            }),
-        );
-    }
-}
-
-impl Supervised for KafkaReader {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.run.metrics.restarted("kafka_reader");
-    }
-}
+use super::ReaderConfig;
+use super::clients::{DeadLetters, consumer};
+use crate::consumer::batch::{Batcher, Entry, SharedBatch};
+use crate::consumer::commit::CommitTracker;
+use crate::consumer::metrics::ConsumerMetrics;
+use crate::consumer::mongo_sink::MongoLogger;
+use crate::consumer::rebalance::{PartitionStart, ReaderContext, Rebalanced};
+use crate::consumer::redis_sink::RedisAggregator;
+use crate::consumer::sink::{SinkError, WriteBatch, Written};
+use crate::vote::VoteRecord;
 
 type InFlight = Pin<Box<dyn Future<Output = (u64, Result<Written, SinkError>, Result<Written, SinkError>)>>>;
 
 #[derive(Clone)]
-struct ReadLoop {
+pub(super) struct ReadLoop {
     config: ReaderConfig,
     redis: Addr<RedisAggregator>,
     mongo: Addr<MongoLogger>,
@@ -206,44 +79,25 @@ impl State {
 }
 
 impl ReadLoop {
-    fn consumer(&self) -> KafkaResult<StreamConsumer<ReaderContext>> {
-        let context = ReaderContext {
-            topic: self.config.topic.clone(),
-            redis_url: self.config.redis_url.clone(),
-            keys: self.config.keys.clone(),
-            metrics: self.metrics.clone(),
-            events: Mutex::new(Vec::new()),
-        };
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", &self.config.group)
-            // Offsets are committed by the reader, only after both sinks wrote a batch.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // A killed consumer's partitions move to the others within 10 s, not Kafka 4's 45 s.
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "2000")
-            // Caps what librdkafka prefetches, so memory stays bounded whatever the backlog:
-            // 4 MiB is some 16 batches of votes, and one fetch may overshoot it by fetch.max.bytes.
-            .set("queued.max.messages.kbytes", "4096")
-            .set("fetch.max.bytes", "4194304")
-            // Feeds the lag gauge and Kafka's readiness.
-            .set("statistics.interval.ms", "2000")
-            .create_with_context(context)
+    pub(super) fn new(
+        config: ReaderConfig,
+        redis: Addr<RedisAggregator>,
+        mongo: Addr<MongoLogger>,
+        metrics: Arc<ConsumerMetrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> ReadLoop {
+        ReadLoop {
+            config,
+            redis,
+            mongo,
+            metrics,
+            shutdown,
+        }
     }
 
-    fn dlq_producer(&self) -> KafkaResult<FutureProducer> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()
-    }
-
-    async fn run(self) -> Result<(), KafkaError> {
-        let consumer = self.consumer()?;
-        let dlq = self.dlq_producer()?;
+    pub(super) async fn run(self) -> Result<(), KafkaError> {
+        let consumer = consumer(&self.config, self.metrics.clone())?;
+        let dlq = DeadLetters::new(&self.config, self.metrics.clone())?;
         consumer.subscribe(&[&self.config.topic])?;
         let mut shutdown = self.shutdown.clone();
         let mut st = State {
@@ -335,7 +189,7 @@ impl ReadLoop {
     async fn received(
         &self,
         consumer: &StreamConsumer<ReaderContext>,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         st: &mut State,
         received: KafkaResult<BorrowedMessage<'_>>,
     ) -> Result<(), KafkaError> {
@@ -376,7 +230,7 @@ impl ReadLoop {
 
     async fn take_record(
         &self,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         st: &mut State,
         msg: &BorrowedMessage<'_>,
     ) -> Result<(), KafkaError> {
@@ -392,7 +246,7 @@ impl ReadLoop {
             Ok(vote) => Some(vote),
             Err(reason) => {
                 if offset > st.dlq_done.get(&partition).copied().unwrap_or(-1) {
-                    self.dead_letter(dlq, msg, &reason).await?;
+                    dlq.send(msg, &reason).await;
                 }
                 None
             }
@@ -406,55 +260,6 @@ impl ReadLoop {
             Instant::now(),
         );
         Ok(())
-    }
-
-    /// Sends a record that cannot be counted to the dead-letter topic, with
-    /// the reason and origin in headers; returns once Kafka has it.
-    async fn dead_letter(
-        &self,
-        dlq: &FutureProducer,
-        msg: &BorrowedMessage<'_>,
-        reason: &str,
-    ) -> Result<(), KafkaError> {
-        let partition = msg.partition().to_string();
-        let offset = msg.offset().to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "origin.topic",
-                value: Some(msg.topic()),
-            })
-            .insert(Header {
-                key: "origin.partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "origin.offset",
-                value: Some(&offset),
-            });
-        let key = format!("{}/{}/{}", msg.topic(), partition, offset);
-        let payload = msg.payload().unwrap_or_default();
-        let mut backoff = self.config.backoff.clone();
-        loop {
-            let record = FutureRecord::to(&self.config.dlq_topic)
-                .key(&key)
-                .payload(payload)
-                .headers(headers.clone());
-            match dlq.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
-                    self.metrics.dlq_records.inc();
-                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), %reason, "record dead-lettered");
-                    return Ok(());
-                }
-                Err((error, _)) => {
-                    tracing::warn!(%error, "dead-letter produce failed; retrying");
-                    tokio::time::sleep(backoff.delay()).await;
-                }
-            }
-        }
     }
 
     fn dispatch(&self, st: &mut State) {
