@@ -20,9 +20,11 @@
 //! what is in flight and seeks every partition back the same way ("rewind").
 //!
 //! The actor here restarts the read loop (`read_loop.rs`) after a failure;
-//! `clients.rs` sets up the Kafka clients the loop uses.
+//! `clients.rs` sets up the Kafka clients the loop uses, and `partitions.rs`
+//! keeps where each assigned partition stands.
 
 mod clients;
+mod partitions;
 mod read_loop;
 
 use std::sync::Arc;

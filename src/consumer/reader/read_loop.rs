@@ -21,11 +21,11 @@ use tokio::time::Instant;
 
 use super::ReaderConfig;
 use super::clients::{DeadLetters, consumer};
+use super::partitions::Partitions;
 use crate::consumer::batch::{Batcher, Entry, SharedBatch};
-use crate::consumer::commit::CommitTracker;
 use crate::consumer::metrics::ConsumerMetrics;
 use crate::consumer::mongo_sink::MongoLogger;
-use crate::consumer::rebalance::{PartitionStart, ReaderContext, Rebalanced};
+use crate::consumer::rebalance::{ReaderContext, Rebalanced};
 use crate::consumer::redis_sink::RedisAggregator;
 use crate::consumer::sink::{SinkError, WriteBatch, Written};
 use crate::vote::VoteRecord;
@@ -44,38 +44,15 @@ pub(super) struct ReadLoop {
 /// The loop's state besides the Kafka clients.
 struct State {
     batcher: Batcher,
-    tracker: CommitTracker,
-    /// Per partition, the last offset handed to the sinks.
-    prev: BTreeMap<i32, i64>,
-    /// Per partition, the lowest offset still to be read: anything below it
-    /// (a record fetched before a seek) is not taken twice.
-    next: BTreeMap<i32, i64>,
-    /// Per partition, what Redis had stored at assignment: poison records at
-    /// or below it were dead-lettered before and are not sent again.
-    dlq_done: BTreeMap<i32, i64>,
+    partitions: Partitions,
     in_flight: FuturesUnordered<InFlight>,
     next_seq: u64,
     paused: bool,
     /// Since when the open batch has been full with no room in flight.
     blocked_since: Option<Instant>,
     rewind: bool,
-    /// The latest committable offset per partition, committed again at shutdown.
-    committable: BTreeMap<i32, i64>,
-    /// Offsets that advanced since the last commit, and when the next commit may go.
-    uncommitted: BTreeMap<i32, i64>,
+    /// When the offsets confirmed since the last commit are committed.
     commit_at: Option<Instant>,
-}
-
-impl State {
-    /// Records where each partition starts: the offset before it was handed
-    /// out, and what Redis had (for dead letters already sent).
-    fn start_at(&mut self, starts: &[PartitionStart]) {
-        for s in starts {
-            self.prev.insert(s.partition, s.start - 1);
-            self.next.insert(s.partition, s.start);
-            self.dlq_done.insert(s.partition, s.redis_stored);
-        }
-    }
 }
 
 impl ReadLoop {
@@ -102,17 +79,12 @@ impl ReadLoop {
         let mut shutdown = self.shutdown.clone();
         let mut st = State {
             batcher: Batcher::new(self.config.batch_max_records, self.config.batch_max_wait),
-            tracker: CommitTracker::default(),
-            prev: BTreeMap::new(),
-            next: BTreeMap::new(),
-            dlq_done: BTreeMap::new(),
+            partitions: Partitions::default(),
             in_flight: FuturesUnordered::new(),
             next_seq: 0,
             paused: false,
             blocked_since: None,
             rewind: false,
-            committable: BTreeMap::new(),
-            uncommitted: BTreeMap::new(),
             commit_at: None,
         };
         loop {
@@ -124,7 +96,7 @@ impl ReadLoop {
             }
             if st.commit_at.is_some_and(|t| Instant::now() >= t) {
                 st.commit_at = None;
-                let offsets = std::mem::take(&mut st.uncommitted);
+                let offsets = st.partitions.take_uncommitted();
                 // Empty when a revoke took every partition that had advanced.
                 if !offsets.is_empty() {
                     self.commit(&consumer, &offsets, CommitMode::Async);
@@ -208,19 +180,12 @@ impl ReadLoop {
         for event in consumer.context().take() {
             match event {
                 Rebalanced::Revoked(partitions) => {
-                    st.tracker.forget(partitions.iter().copied());
-                    for p in &partitions {
-                        st.prev.remove(p);
-                        st.next.remove(p);
-                        st.dlq_done.remove(p);
-                        st.committable.remove(p);
-                        st.uncommitted.remove(p);
-                    }
+                    st.partitions.revoke(&partitions);
                     st.batcher.retain(|e| !partitions.contains(&e.partition));
                     st.paused = false;
                 }
                 Rebalanced::Assigned(starts) => {
-                    st.start_at(&starts);
+                    st.partitions.assign(&starts);
                     // A new assignment is not paused.
                     st.paused = false;
                 }
@@ -236,16 +201,13 @@ impl ReadLoop {
     ) -> Result<(), KafkaError> {
         self.metrics.records_read.inc();
         let (partition, offset) = (msg.partition(), msg.offset());
-        match st.next.get(&partition) {
-            None => return Ok(()),                         // no longer ours
-            Some(&next) if offset < next => return Ok(()), // already taken
-            Some(_) => {}
+        if !st.partitions.take(partition, offset) {
+            return Ok(());
         }
-        st.next.insert(partition, offset + 1);
         let vote = match VoteRecord::decode(msg.payload().unwrap_or_default(), &self.config.rules) {
             Ok(vote) => Some(vote),
             Err(reason) => {
-                if offset > st.dlq_done.get(&partition).copied().unwrap_or(-1) {
+                if !st.partitions.dead_lettered_before(partition, offset) {
                     dlq.send(msg, &reason).await;
                 }
                 None
@@ -264,10 +226,12 @@ impl ReadLoop {
 
     fn dispatch(&self, st: &mut State) {
         st.next_seq += 1;
-        let batch: SharedBatch = Arc::new(st.batcher.take(st.next_seq, &self.config.topic, &mut st.prev));
+        let batch = st.batcher.take(st.next_seq, &self.config.topic, |p, last| {
+            st.partitions.hand_out(p, last)
+        });
+        st.partitions.dispatched(&batch);
+        let batch: SharedBatch = Arc::new(batch);
         self.metrics.batch_size.observe(batch.entries.len() as f64);
-        st.tracker
-            .dispatched(batch.seq, batch.ranges.iter().map(|r| (r.partition, r.last)));
         // Both sends are created now, in dispatch order; there is room in both
         // mailboxes because in-flight batches never exceed their capacity.
         let to_redis = self.redis.send(WriteBatch(batch.clone()));
@@ -290,10 +254,7 @@ impl ReadLoop {
     ) {
         match (redis, mongo) {
             (Ok(_), Ok(_)) => {
-                let advanced = st.tracker.confirmed(seq);
-                if !advanced.is_empty() {
-                    st.committable.extend(&advanced);
-                    st.uncommitted.extend(&advanced);
+                if st.partitions.confirmed(seq) {
                     st.commit_at.get_or_insert_with(|| Instant::now() + COMMIT_EVERY);
                 }
             }
@@ -337,10 +298,9 @@ impl ReadLoop {
     async fn rewind(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State) -> Result<(), KafkaError> {
         self.metrics.rewinds.inc();
         st.batcher.clear();
-        st.tracker.clear();
         let mut tpl = consumer.assignment()?;
         let starts = consumer.context().choose_starts(consumer, &mut tpl);
-        st.start_at(&starts);
+        st.partitions.rewind(&starts);
         for e in tpl.elements() {
             consumer.seek(e.topic(), e.partition(), e.offset(), Duration::from_secs(10))?;
         }
@@ -364,10 +324,11 @@ impl ReadLoop {
         if drained.is_err() {
             tracing::warn!("sinks did not finish within {DRAIN_TIMEOUT:?}; those batches will be read again");
         }
-        if !st.committable.is_empty() {
-            self.commit(consumer, &st.committable, CommitMode::Sync);
+        let committable = st.partitions.committable();
+        if !committable.is_empty() {
+            self.commit(consumer, &committable, CommitMode::Sync);
         }
-        tracing::info!(committed = ?st.committable, "reader drained");
+        tracing::info!(committed = ?committable, "reader drained");
     }
 }
 
