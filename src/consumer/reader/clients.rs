@@ -15,10 +15,10 @@ use crate::consumer::metrics::ConsumerMetrics;
 use crate::consumer::rebalance::ReaderContext;
 use crate::consumer::sink::Backoff;
 
-pub(super) fn consumer(
-    config: &ReaderConfig,
-    metrics: Arc<ConsumerMetrics>,
-) -> KafkaResult<StreamConsumer<ReaderContext>> {
+/// The group consumer of the votes topic.
+pub(super) type VotesConsumer = StreamConsumer<ReaderContext>;
+
+pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics>) -> KafkaResult<VotesConsumer> {
     let context = ReaderContext {
         topic: config.topic.clone(),
         redis_url: config.redis_url.clone(),

@@ -21,11 +21,13 @@
 //!
 //! The actor here restarts the read loop (`read_loop.rs`) after a failure;
 //! `clients.rs` sets up the Kafka clients the loop uses, and `partitions.rs`
-//! keeps where each assigned partition stands.
+//! keeps where each assigned partition stands; `throttle.rs` decides when
+//! to stop taking records and when to pause the partitions.
 
 mod clients;
 mod partitions;
 mod read_loop;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;

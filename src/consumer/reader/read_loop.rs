@@ -1,6 +1,6 @@
 //! The read loop: takes records, forms batches, hands each to both sinks,
-//! commits what both wrote, pauses when they fall behind, rewinds when Redis
-//! refuses a batch, and drains on shutdown. One run lasts until shutdown or
+//! commits what both wrote, holds back when they fall behind, rewinds when a
+//! batch is refused, and drains on shutdown. One run lasts until shutdown or
 //! the first Kafka error, after which the actor starts another.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -20,17 +20,23 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ReaderConfig;
-use super::clients::{DeadLetters, consumer};
+use super::clients::{DeadLetters, VotesConsumer, votes_consumer};
 use super::partitions::Partitions;
+use super::throttle::Throttle;
 use crate::consumer::batch::{Batcher, Entry, SharedBatch};
 use crate::consumer::metrics::ConsumerMetrics;
 use crate::consumer::mongo_sink::MongoLogger;
-use crate::consumer::rebalance::{ReaderContext, Rebalanced};
+use crate::consumer::rebalance::Rebalanced;
 use crate::consumer::redis_sink::RedisAggregator;
 use crate::consumer::sink::{SinkError, WriteBatch, Written};
 use crate::vote::VoteRecord;
 
-type InFlight = Pin<Box<dyn Future<Output = (u64, Result<Written, SinkError>, Result<Written, SinkError>)>>>;
+/// Offsets are committed at most this often: with adaptive batching a trickle
+/// of votes makes many small batches, and a commit per batch (a hundred a
+/// second) kept the group coordinator so busy that heartbeats timed out.
+/// A later commit covers the earlier ones; a crash replays at most this much
+/// more, which the Redis fence and the logs' `_id` make harmless.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub(super) struct ReadLoop {
@@ -41,16 +47,27 @@ pub(super) struct ReadLoop {
     shutdown: watch::Receiver<bool>,
 }
 
+/// A dispatched batch, once both sinks have answered.
+struct Replies {
+    seq: u64,
+    redis: Result<Written, SinkError>,
+    mongo: Result<Written, SinkError>,
+}
+
+type InFlight = Pin<Box<dyn Future<Output = Replies>>>;
+
 /// The loop's state besides the Kafka clients.
 struct State {
     batcher: Batcher,
     partitions: Partitions,
     in_flight: FuturesUnordered<InFlight>,
     next_seq: u64,
+    throttle: Throttle,
+    /// Whether the assigned partitions are paused.
     paused: bool,
-    /// Since when the open batch has been full with no room in flight.
-    blocked_since: Option<Instant>,
-    rewind: bool,
+    /// A batch was refused: nothing more is read or handed on until
+    /// everything in flight is back and the partitions are rewound.
+    rewind_pending: bool,
     /// When the offsets confirmed since the last commit are committed.
     commit_at: Option<Instant>,
 }
@@ -73,7 +90,7 @@ impl ReadLoop {
     }
 
     pub(super) async fn run(self) -> Result<(), KafkaError> {
-        let consumer = consumer(&self.config, self.metrics.clone())?;
+        let consumer = votes_consumer(&self.config, self.metrics.clone())?;
         let dlq = DeadLetters::new(&self.config, self.metrics.clone())?;
         consumer.subscribe(&[&self.config.topic])?;
         let mut shutdown = self.shutdown.clone();
@@ -82,73 +99,35 @@ impl ReadLoop {
             partitions: Partitions::default(),
             in_flight: FuturesUnordered::new(),
             next_seq: 0,
+            throttle: Throttle::default(),
             paused: false,
-            blocked_since: None,
-            rewind: false,
+            rewind_pending: false,
             commit_at: None,
         };
-        loop {
-            if *shutdown.borrow() {
-                break;
+        while !*shutdown.borrow() {
+            if st.rewind_pending && st.in_flight.is_empty() {
+                self.rewind(&consumer, &mut st)?;
             }
-            if st.rewind && st.in_flight.is_empty() {
-                self.rewind(&consumer, &mut st).await?;
+            self.commit_if_due(&consumer, &mut st);
+            let can_dispatch = !st.rewind_pending && st.in_flight.len() < self.config.max_in_flight;
+            if can_dispatch && self.fill_or_dispatch(&consumer, &dlq, &mut st).await {
+                continue;
             }
-            if st.commit_at.is_some_and(|t| Instant::now() >= t) {
-                st.commit_at = None;
-                let offsets = st.partitions.take_uncommitted();
-                // Empty when a revoke took every partition that had advanced.
-                if !offsets.is_empty() {
-                    self.commit(&consumer, &offsets, CommitMode::Async);
-                }
-            }
-            let can_dispatch = !st.rewind && st.in_flight.len() < self.config.max_in_flight;
-            if can_dispatch && !st.batcher.is_empty() {
-                // Adaptive batching: while the batch is not due, take what is ready
-                // now; when nothing is, it leaves at once rather than at its age limit.
-                let now = Instant::now();
-                let ready = if st.batcher.is_due(now) {
-                    None
-                } else {
-                    consumer.recv().now_or_never()
-                };
-                if let Some(received) = ready {
-                    self.received(&consumer, &dlq, &mut st, received).await?;
-                    continue;
-                }
-                let idle = st.in_flight.len() < self.config.eager_in_flight;
-                if st.batcher.should_leave(now, false, idle) {
-                    self.dispatch(&mut st);
-                    continue;
-                }
-            }
-            // While the open batch cannot be handed on, take no more records. A short
-            // wait is the rhythm of a drain: the records librdkafka prefetched wait for
-            // us. Only a long one (a sink is down) pauses the partitions, and then the
-            // consumer is polled again, so it stays in its group. Pausing drops the
-            // prefetched records and resuming fetches them again: paused for every wait,
-            // a 1M backlog drained at 5k votes/s instead of 20k in release.
-            let blocked = st.rewind || (!can_dispatch && st.batcher.is_full());
-            let now = Instant::now();
-            if !blocked {
-                st.blocked_since = None;
-            }
-            let pause_at = blocked.then(|| *st.blocked_since.get_or_insert(now) + PAUSE_AFTER);
-            let pause_due = st.rewind || pause_at.is_some_and(|t| now >= t);
-            self.set_paused(&consumer, &mut st, pause_due);
-            let pause_timer = pause_at.filter(|_| !pause_due);
+            let blocked = !can_dispatch && st.batcher.is_full();
+            let hold = st.throttle.check(blocked, st.rewind_pending, Instant::now());
+            self.set_paused(&consumer, &mut st, hold.pauses());
             let deadline = st.batcher.deadline().filter(|_| can_dispatch);
+            // Whichever comes first: the open batch's age limit, the pause, the next commit.
+            let wake_at = [deadline, hold.pause_at(), st.commit_at].into_iter().flatten().min();
             tokio::select! {
                 _ = shutdown.changed() => {}
-                Some((seq, redis, mongo)) = st.in_flight.next(), if !st.in_flight.is_empty() => {
+                Some(replies) = st.in_flight.next(), if !st.in_flight.is_empty() => {
                     self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
-                    self.completed(&mut st, seq, redis, mongo);
+                    self.completed(&mut st, replies);
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => {}
-                _ = sleep_until(pause_timer), if pause_timer.is_some() => {}
-                _ = sleep_until(st.commit_at), if st.commit_at.is_some() => {}
-                received = consumer.recv(), if !blocked || pause_due => {
-                    self.received(&consumer, &dlq, &mut st, received).await?;
+                _ = sleep_until(wake_at) => {}
+                received = consumer.recv(), if hold.polls() => {
+                    self.received(&consumer, &dlq, &mut st, received).await;
                 }
             }
             self.apply_rebalances(&consumer, &mut st);
@@ -157,52 +136,64 @@ impl ReadLoop {
         Ok(())
     }
 
+    /// With an open batch and room in flight: takes a record that is ready
+    /// now, or hands the batch on when it should leave (adaptive batching: a
+    /// batch that is not due leaves as soon as nothing more is ready, rather
+    /// than at its age limit). Returns whether it did either.
+    async fn fill_or_dispatch(&self, consumer: &VotesConsumer, dlq: &DeadLetters, st: &mut State) -> bool {
+        if st.batcher.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        if !st.batcher.is_due(now)
+            && let Some(received) = consumer.recv().now_or_never()
+        {
+            self.received(consumer, dlq, st, received).await;
+            return true;
+        }
+        let idle = st.in_flight.len() < self.config.eager_in_flight;
+        if st.batcher.should_leave(now, false, idle) {
+            self.dispatch(st);
+            return true;
+        }
+        false
+    }
+
     /// What one `recv` gave: assignment changes first, then the record.
     async fn received(
         &self,
-        consumer: &StreamConsumer<ReaderContext>,
+        consumer: &VotesConsumer,
         dlq: &DeadLetters,
         st: &mut State,
         received: KafkaResult<BorrowedMessage<'_>>,
-    ) -> Result<(), KafkaError> {
+    ) {
         self.apply_rebalances(consumer, st);
         match received {
             Ok(msg) => self.take_record(dlq, st, &msg).await,
-            Err(error) => {
-                tracing::warn!(%error, "kafka consumer error");
-                Ok(())
-            }
+            Err(error) => tracing::warn!(%error, "kafka consumer error"),
         }
     }
 
     /// Applies assignment changes reported by the rebalance callback.
-    fn apply_rebalances(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State) {
+    fn apply_rebalances(&self, consumer: &VotesConsumer, st: &mut State) {
         for event in consumer.context().take() {
             match event {
                 Rebalanced::Revoked(partitions) => {
                     st.partitions.revoke(&partitions);
                     st.batcher.retain(|e| !partitions.contains(&e.partition));
-                    st.paused = false;
                 }
-                Rebalanced::Assigned(starts) => {
-                    st.partitions.assign(&starts);
-                    // A new assignment is not paused.
-                    st.paused = false;
-                }
+                Rebalanced::Assigned(starts) => st.partitions.assign(&starts),
             }
+            // The partitions assigned now are not paused.
+            st.paused = false;
         }
     }
 
-    async fn take_record(
-        &self,
-        dlq: &DeadLetters,
-        st: &mut State,
-        msg: &BorrowedMessage<'_>,
-    ) -> Result<(), KafkaError> {
+    async fn take_record(&self, dlq: &DeadLetters, st: &mut State, msg: &BorrowedMessage<'_>) {
         self.metrics.records_read.inc();
         let (partition, offset) = (msg.partition(), msg.offset());
         if !st.partitions.take(partition, offset) {
-            return Ok(());
+            return;
         }
         let vote = match VoteRecord::decode(msg.payload().unwrap_or_default(), &self.config.rules) {
             Ok(vote) => Some(vote),
@@ -213,15 +204,12 @@ impl ReadLoop {
                 None
             }
         };
-        st.batcher.push(
-            Entry {
-                partition,
-                offset,
-                vote,
-            },
-            Instant::now(),
-        );
-        Ok(())
+        let entry = Entry {
+            partition,
+            offset,
+            vote,
+        };
+        st.batcher.push(entry, Instant::now());
     }
 
     fn dispatch(&self, st: &mut State) {
@@ -240,34 +228,42 @@ impl ReadLoop {
         st.in_flight.push(Box::pin(async move {
             let (redis, mongo) = futures_util::future::join(to_redis, to_mongo).await;
             let flatten = |r: Result<Result<Written, SinkError>, MailboxError>| r.unwrap_or(Err(SinkError::Stopped));
-            (seq, flatten(redis), flatten(mongo))
+            Replies {
+                seq,
+                redis: flatten(redis),
+                mongo: flatten(mongo),
+            }
         }));
         self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
     }
 
-    fn completed(
-        &self,
-        st: &mut State,
-        seq: u64,
-        redis: Result<Written, SinkError>,
-        mongo: Result<Written, SinkError>,
-    ) {
-        match (redis, mongo) {
-            (Ok(_), Ok(_)) => {
-                if st.partitions.confirmed(seq) {
-                    st.commit_at.get_or_insert_with(|| Instant::now() + COMMIT_EVERY);
-                }
+    fn completed(&self, st: &mut State, replies: Replies) {
+        let Replies { seq, redis, mongo } = replies;
+        if redis.is_ok() && mongo.is_ok() {
+            if st.partitions.confirmed(seq) {
+                st.commit_at.get_or_insert_with(|| Instant::now() + COMMIT_EVERY);
             }
-            (redis, mongo) => {
-                for e in [redis.err(), mongo.err()].into_iter().flatten() {
-                    tracing::warn!(error = %e, seq, "batch not written; re-reading from what Redis and Kafka hold");
-                }
-                st.rewind = true;
-            }
+            return;
+        }
+        for e in [redis.err(), mongo.err()].into_iter().flatten() {
+            tracing::warn!(error = %e, seq, "batch not written; re-reading from what Redis and Kafka hold");
+        }
+        st.rewind_pending = true;
+    }
+
+    fn commit_if_due(&self, consumer: &VotesConsumer, st: &mut State) {
+        if st.commit_at.is_none_or(|t| Instant::now() < t) {
+            return;
+        }
+        st.commit_at = None;
+        let offsets = st.partitions.take_uncommitted();
+        // Empty when a revoke took every partition that had advanced.
+        if !offsets.is_empty() {
+            self.commit(consumer, &offsets, CommitMode::Async);
         }
     }
 
-    fn commit(&self, consumer: &StreamConsumer<ReaderContext>, offsets: &BTreeMap<i32, i64>, mode: CommitMode) {
+    fn commit(&self, consumer: &VotesConsumer, offsets: &BTreeMap<i32, i64>, mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
         for (&p, &next) in offsets {
             let _ = tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next));
@@ -277,7 +273,7 @@ impl ReadLoop {
         }
     }
 
-    fn set_paused(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State, pause: bool) {
+    fn set_paused(&self, consumer: &VotesConsumer, st: &mut State, pause: bool) {
         if pause == st.paused {
             return;
         }
@@ -295,7 +291,7 @@ impl ReadLoop {
 
     /// After a batch was refused: everything in flight has come back; seek
     /// every assigned partition to where Redis and Kafka say to start.
-    async fn rewind(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State) -> Result<(), KafkaError> {
+    fn rewind(&self, consumer: &VotesConsumer, st: &mut State) -> Result<(), KafkaError> {
         self.metrics.rewinds.inc();
         st.batcher.clear();
         let mut tpl = consumer.assignment()?;
@@ -304,20 +300,20 @@ impl ReadLoop {
         for e in tpl.elements() {
             consumer.seek(e.topic(), e.partition(), e.offset(), Duration::from_secs(10))?;
         }
-        st.rewind = false;
+        st.rewind_pending = false;
         self.set_paused(consumer, st, false);
         tracing::info!("rewound to Redis's and Kafka's offsets");
         Ok(())
     }
 
     /// Shutdown: hand on what was read, wait for the sinks, commit synchronously.
-    async fn drain(&self, consumer: &StreamConsumer<ReaderContext>, st: &mut State) {
-        if !st.batcher.is_empty() && !st.rewind {
+    async fn drain(&self, consumer: &VotesConsumer, st: &mut State) {
+        if !st.batcher.is_empty() && !st.rewind_pending {
             self.dispatch(st);
         }
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while let Some((seq, redis, mongo)) = st.in_flight.next().await {
-                self.completed(st, seq, redis, mongo);
+            while let Some(replies) = st.in_flight.next().await {
+                self.completed(st, replies);
             }
         })
         .await;
@@ -331,16 +327,6 @@ impl ReadLoop {
         tracing::info!(committed = ?committable, "reader drained");
     }
 }
-
-/// Offsets are committed at most this often: with adaptive batching a trickle
-/// of votes makes many small batches, and a commit per batch (a hundred a
-/// second) kept the group coordinator so busy that heartbeats timed out.
-/// A later commit covers the earlier ones; a crash replays at most this much
-/// more, which the Redis fence and the logs' `_id` make harmless.
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
-
-/// How long the reader may wait for room in flight before it pauses its partitions.
-const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for in-flight batches (Kubernetes' grace period is longer).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
