@@ -63,6 +63,8 @@ pub struct ReaderConfig {
     pub eager_in_flight: usize,
     /// Before each restart of the reader and each retry of a dead letter; the sinks' too.
     pub backoff: Backoff,
+    /// How long shutdown waits for the batches in flight.
+    pub drain_timeout: Duration,
 }
 
 impl ReaderConfig {
@@ -83,6 +85,7 @@ impl ReaderConfig {
                 Duration::from_millis(s.consumer.restart_backoff_min_ms),
                 Duration::from_millis(s.consumer.restart_backoff_max_ms),
             ),
+            drain_timeout: s.consumer.drain_timeout(),
         }
     }
 }

@@ -311,14 +311,15 @@ impl ReadLoop {
         if !st.batcher.is_empty() && !st.rewind_pending {
             self.dispatch(st);
         }
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let timeout = self.config.drain_timeout;
+        let drained = tokio::time::timeout(timeout, async {
             while let Some(replies) = st.in_flight.next().await {
                 self.completed(st, replies);
             }
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("sinks did not finish within {DRAIN_TIMEOUT:?}; those batches will be read again");
+            tracing::warn!("sinks did not finish within {timeout:?}; those batches will be read again");
         }
         let committable = st.partitions.committable();
         if !committable.is_empty() {
@@ -327,9 +328,6 @@ impl ReadLoop {
         tracing::info!(committed = ?committable, "reader drained");
     }
 }
-
-/// How long shutdown waits for in-flight batches (Kubernetes' grace period is longer).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
