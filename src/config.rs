@@ -224,6 +224,17 @@ pub struct ConsumerArgs {
     /// Longest delay between reconnect attempts, in milliseconds.
     #[arg(long, env = "RESTART_BACKOFF_MAX_MS", default_value_t = 5_000)]
     pub restart_backoff_max_ms: u64,
+    /// On SIGTERM, how long the batches in flight have to be written before the offsets confirmed
+    /// so far are committed, in seconds (under Kubernetes' grace period, leaving time to commit);
+    /// batches not written by then are read again by the next consumer of their partitions.
+    #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
+    pub drain_timeout_secs: u64,
+}
+
+impl ConsumerArgs {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -362,6 +373,7 @@ mod tests {
         assert_eq!(all.ingress.grpc_addr.port(), 50051);
         assert_eq!(all.ingress.http_addr.port(), 8080);
         assert_eq!(all.consumer.consumer_http_addr.port(), 9100);
+        assert_eq!(all.consumer.drain_timeout(), Duration::from_secs(20));
         assert_eq!(all.logs.logs_addr.port(), 8081);
         assert_eq!(all.rules.rules(), Rules::default());
     }

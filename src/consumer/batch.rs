@@ -120,9 +120,10 @@ impl Batcher {
         self.opened_at = None;
     }
 
-    /// Closes the open batch. `prev` holds, per partition, the last offset
-    /// already handed out; it is advanced past this batch.
-    pub fn take(&mut self, seq: u64, topic: &str, prev: &mut BTreeMap<i32, i64>) -> Batch {
+    /// Closes the open batch. `hand_out(partition, last)` is told, per
+    /// partition, the last offset the batch hands out, and returns the last
+    /// one handed out before it (`None` at first: the batch's first offset - 1).
+    pub fn take(&mut self, seq: u64, topic: &str, mut hand_out: impl FnMut(i32, i64) -> Option<i64>) -> Batch {
         let entries = std::mem::take(&mut self.entries);
         self.opened_at = None;
         let mut spans: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
@@ -134,7 +135,7 @@ impl Batcher {
         let ranges = spans
             .into_iter()
             .map(|(partition, (first, last))| {
-                let before = prev.insert(partition, last).unwrap_or(first - 1);
+                let before = hand_out(partition, last).unwrap_or(first - 1);
                 PartitionRange {
                     partition,
                     prev: before,
@@ -224,7 +225,7 @@ mod tests {
         }
         b.push(entry(0, 999), now);
         assert!(b.should_leave(now, true, true));
-        assert_eq!(b.take(1, "votes", &mut BTreeMap::new()).entries.len(), 1_000);
+        assert_eq!(b.take(1, "votes", |_, _| None).entries.len(), 1_000);
     }
 
     #[test]
@@ -235,7 +236,7 @@ mod tests {
         for (p, o) in [(0, 0), (1, 10), (0, 1), (1, 11), (1, 12)] {
             b.push(entry(p, o), now);
         }
-        let batch = b.take(7, "votes", &mut prev);
+        let batch = b.take(7, "votes", |p, last| prev.insert(p, last));
         assert_eq!(batch.seq, 7);
         assert_eq!(
             batch.ranges,
@@ -259,7 +260,7 @@ mod tests {
         assert_eq!(b.deadline(), None);
 
         b.push(entry(0, 2), now);
-        let next = b.take(8, "votes", &mut prev);
+        let next = b.take(8, "votes", |p, last| prev.insert(p, last));
         assert_eq!(
             next.ranges,
             vec![PartitionRange {

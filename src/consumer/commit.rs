@@ -7,15 +7,29 @@ use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Default)]
 pub struct CommitTracker {
-    /// Per partition, in dispatch order: (batch seq, last offset, confirmed).
-    pending: BTreeMap<i32, VecDeque<(u64, i64, bool)>>,
+    /// Per partition, the batches covering it, in dispatch order.
+    pending: BTreeMap<i32, VecDeque<Pending>>,
+}
+
+/// One dispatched batch's share of one partition.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    /// The last offset of the partition the batch covers.
+    last: i64,
+    /// Both sinks have written the batch.
+    confirmed: bool,
 }
 
 impl CommitTracker {
     /// Records a dispatched batch: for each partition it covers, its last offset.
     pub fn dispatched(&mut self, seq: u64, last_offsets: impl IntoIterator<Item = (i32, i64)>) {
         for (partition, last) in last_offsets {
-            self.pending.entry(partition).or_default().push_back((seq, last, false));
+            self.pending.entry(partition).or_default().push_back(Pending {
+                seq,
+                last,
+                confirmed: false,
+            });
         }
     }
 
@@ -24,10 +38,13 @@ impl CommitTracker {
     pub fn confirmed(&mut self, seq: u64) -> BTreeMap<i32, i64> {
         let mut advanced = BTreeMap::new();
         for (&partition, queue) in self.pending.iter_mut() {
-            if let Some(item) = queue.iter_mut().find(|(s, _, _)| *s == seq) {
-                item.2 = true;
+            if let Some(batch) = queue.iter_mut().find(|b| b.seq == seq) {
+                batch.confirmed = true;
             }
-            while let Some(&(_, last, true)) = queue.front() {
+            while let Some(&Pending {
+                last, confirmed: true, ..
+            }) = queue.front()
+            {
                 queue.pop_front();
                 advanced.insert(partition, last + 1);
             }

@@ -14,15 +14,23 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use super::metrics::ConsumerMetrics;
-use crate::schema::redis::RedisKeys;
-use crate::schema::redis::offsets_partition;
+use crate::schema::redis::{RedisKeys, offsets_partition};
 
 /// What the rebalance callback tells the read loop.
 #[derive(Debug)]
 pub(super) enum Rebalanced {
-    /// Partitions assigned: where reading starts and what Redis had stored.
-    Assigned(Vec<(i32, i64, i64)>),
+    Assigned(Vec<PartitionStart>),
     Revoked(Vec<i32>),
+}
+
+/// Where reading an assigned partition starts, and what Redis had stored for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PartitionStart {
+    pub(super) partition: i32,
+    /// The first offset to read.
+    pub(super) start: i64,
+    /// The last offset Redis had applied (-1 for none, or when Redis could not be asked).
+    pub(super) redis_stored: i64,
 }
 
 /// The consumer's context: rebalance callbacks and statistics.
@@ -58,12 +66,12 @@ impl ReaderContext {
             .collect())
     }
 
-    /// Sets each partition's starting offset in `tpl`; returns (partition, start, Redis's offset).
+    /// Sets each partition's starting offset in `tpl`, and returns them.
     pub(super) fn choose_starts<K: Consumer<ReaderContext>>(
         &self,
         consumer: &K,
         tpl: &mut TopicPartitionList,
-    ) -> Vec<(i32, i64, i64)> {
+    ) -> Vec<PartitionStart> {
         let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
         let redis = match self.redis_offsets() {
             Ok(r) => Some(r),
@@ -90,9 +98,13 @@ impl ReaderContext {
             let redis_stored = redis.as_ref().map(|r| r.get(&p).copied().unwrap_or(-1));
             let start = start_offset(redis_stored, committed_next);
             let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(start));
-            chosen.push((p, start, redis_stored.unwrap_or(-1)));
+            chosen.push(PartitionStart {
+                partition: p,
+                start,
+                redis_stored: redis_stored.unwrap_or(-1),
+            });
         }
-        tracing::info!(partitions = ?chosen, "starting at (partition, offset, redis offset)");
+        tracing::info!(partitions = ?chosen, "assigned partitions start");
         chosen
     }
 }

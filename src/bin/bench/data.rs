@@ -58,7 +58,7 @@ pub fn batches(batches: usize, batch_size: usize, partitions: i32, topic: &str) 
                 *offset += 1;
                 i += 1;
             }
-            Arc::new(batcher.take(seq, topic, &mut prev))
+            Arc::new(batcher.take(seq, topic, |p, last| prev.insert(p, last)))
         })
         .collect()
 }

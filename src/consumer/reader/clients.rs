@@ -1,0 +1,115 @@
+//! The read loop's Kafka clients: the group consumer, whose offsets only the
+//! loop commits (after both sinks wrote them), and the dead-letter producer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::ReaderConfig;
+use crate::consumer::metrics::ConsumerMetrics;
+use crate::consumer::rebalance::ReaderContext;
+use crate::consumer::sink::Backoff;
+
+/// The group consumer of the votes topic.
+pub(super) type VotesConsumer = StreamConsumer<ReaderContext>;
+
+pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics>) -> KafkaResult<VotesConsumer> {
+    let context = ReaderContext {
+        topic: config.topic.clone(),
+        redis_url: config.redis_url.clone(),
+        keys: config.keys.clone(),
+        metrics,
+        events: Mutex::new(Vec::new()),
+    };
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group)
+        // Offsets are committed by the reader, only after both sinks wrote a batch.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A killed consumer's partitions move to the others within 10 s, not Kafka 4's 45 s.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        // Caps what librdkafka prefetches, so memory stays bounded whatever the backlog:
+        // 4 MiB is some 16 batches of votes, and one fetch may overshoot it by fetch.max.bytes.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", "4194304")
+        // Feeds the lag gauge and Kafka's readiness.
+        .set("statistics.interval.ms", "2000")
+        .create_with_context(context)
+}
+
+/// Sends records that cannot be counted to the dead-letter topic.
+pub(super) struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    /// Between retries of one record.
+    backoff: Backoff,
+    metrics: Arc<ConsumerMetrics>,
+}
+
+impl DeadLetters {
+    pub(super) fn new(config: &ReaderConfig, metrics: Arc<ConsumerMetrics>) -> KafkaResult<DeadLetters> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(DeadLetters {
+            producer,
+            topic: config.dlq_topic.clone(),
+            backoff: config.backoff.clone(),
+            metrics,
+        })
+    }
+
+    /// Sends `msg` with the reason and origin in headers; returns once Kafka
+    /// has it, retrying until then.
+    pub(super) async fn send(&self, msg: &BorrowedMessage<'_>, reason: &str) {
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "origin.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "origin.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "origin.offset",
+                value: Some(&offset),
+            });
+        let key = format!("{}/{}/{}", msg.topic(), partition, offset);
+        let payload = msg.payload().unwrap_or_default();
+        let mut backoff = self.backoff.clone();
+        loop {
+            let record = FutureRecord::to(&self.topic)
+                .key(&key)
+                .payload(payload)
+                .headers(headers.clone());
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    self.metrics.dlq_records.inc();
+                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), %reason, "record dead-lettered");
+                    return;
+                }
+                Err((error, _)) => {
+                    tracing::warn!(%error, "dead-letter produce failed; retrying");
+                    tokio::time::sleep(backoff.delay()).await;
+                }
+            }
+        }
+    }
+}

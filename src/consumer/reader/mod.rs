@@ -1,0 +1,154 @@
+//! The Kafka reader actor: reads `votes`, decodes and validates each record
+//! (bad ones go to the dead-letter topic), forms batches by count and time,
+//! hands each batch to both sinks and commits offsets once both have written
+//! it, in partition order. A batch leaves when it is full, when it is old
+//! enough, or as soon as no further record is ready while fewer batches than
+//! the Mongo logger's writers are in flight (adaptive batching: at once under
+//! light load, sized by the sinks' pace under load, full in a drain).
+//!
+//! Backpressure: at most `mailbox_capacity` batches are in flight and each
+//! sink's actix channel holds one more, so every `Addr::send` finds room and
+//! batches enter both mailboxes in dispatch order (order matters: the Redis
+//! script is fenced by offsets);
+//! when the sinks fall behind the limit is reached and the reader stops taking
+//! records; if that lasts (a sink is down), the assigned partitions are paused
+//! (the consumer keeps polling, so it stays in its group). Memory stays
+//! bounded by one open batch and librdkafka's capped prefetch.
+//!
+//! Where to start reading a partition is chosen in `rebalance.rs`. If the
+//! Redis script finds Redis behind a batch (it lost data), the reader drains
+//! what is in flight and seeks every partition back the same way ("rewind").
+//!
+//! The actor here restarts the read loop (`read_loop.rs`) after a failure;
+//! `clients.rs` sets up the Kafka clients the loop uses, and `partitions.rs`
+//! keeps where each assigned partition stands; `throttle.rs` decides when
+//! to stop taking records and when to pause the partitions.
+
+mod clients;
+mod partitions;
+mod read_loop;
+mod throttle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::metrics::ConsumerMetrics;
+use super::mongo_sink::MongoLogger;
+use super::redis_sink::RedisAggregator;
+use super::sink::Backoff;
+use crate::config::ConsumerSettings;
+use crate::schema::redis::RedisKeys;
+use crate::vote::Rules;
+use read_loop::ReadLoop;
+
+/// Everything the reader needs, cloned into each incarnation of its loop.
+#[derive(Clone)]
+pub struct ReaderConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub group: String,
+    pub redis_url: String,
+    pub keys: RedisKeys,
+    pub rules: Rules,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+    pub max_in_flight: usize,
+    /// A batch that is not due leaves when nothing more is ready only while
+    /// fewer batches than this are in flight (the Mongo logger's writers).
+    pub eager_in_flight: usize,
+    /// Before each restart of the reader and each retry of a dead letter; the sinks' too.
+    pub backoff: Backoff,
+    /// How long shutdown waits for the batches in flight.
+    pub drain_timeout: Duration,
+}
+
+impl ReaderConfig {
+    pub fn from_settings(s: &ConsumerSettings) -> ReaderConfig {
+        ReaderConfig {
+            brokers: s.kafka.kafka_brokers.clone(),
+            topic: s.kafka.votes_topic.clone(),
+            dlq_topic: s.kafka.dlq_topic.clone(),
+            group: s.consumer.consumer_group.clone(),
+            redis_url: s.redis.redis_url.clone(),
+            keys: RedisKeys::new(&s.redis.redis_key_prefix),
+            rules: s.rules.rules(),
+            batch_max_records: s.consumer.batch_max_records,
+            batch_max_wait: Duration::from_millis(s.consumer.batch_max_wait_ms),
+            max_in_flight: s.consumer.mailbox_capacity.max(1),
+            eager_in_flight: s.consumer.mongo_writers.clamp(1, s.consumer.mailbox_capacity.max(1)),
+            backoff: Backoff::new(
+                Duration::from_millis(s.consumer.restart_backoff_min_ms),
+                Duration::from_millis(s.consumer.restart_backoff_max_ms),
+            ),
+            drain_timeout: s.consumer.drain_timeout(),
+        }
+    }
+}
+
+pub struct KafkaReader {
+    /// What each incarnation of the read loop starts from.
+    run: ReadLoop,
+    metrics: Arc<ConsumerMetrics>,
+    /// Told once the reader has drained and committed after shutdown.
+    finished: watch::Sender<bool>,
+    backoff: Backoff,
+}
+
+impl KafkaReader {
+    pub fn new(
+        config: ReaderConfig,
+        redis: Addr<RedisAggregator>,
+        mongo: Addr<MongoLogger>,
+        metrics: Arc<ConsumerMetrics>,
+        shutdown: watch::Receiver<bool>,
+        finished: watch::Sender<bool>,
+    ) -> KafkaReader {
+        let backoff = config.backoff.clone();
+        KafkaReader {
+            run: ReadLoop::new(config, redis, mongo, metrics.clone(), shutdown),
+            metrics,
+            finished,
+            backoff,
+        }
+    }
+}
+
+impl Actor for KafkaReader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.backoff.delay();
+        let run = self.run.clone();
+        ctx.spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                let started = Instant::now();
+                (run.run().await, started.elapsed())
+            }
+            .into_actor(self)
+            .map(|(result, ran), act, ctx| match result {
+                // Drained after shutdown: stay idle (stopping would only restart us).
+                Ok(()) => {
+                    let _ = act.finished.send(true);
+                }
+                Err(error) => {
+                    tracing::warn!(actor = "kafka_reader", %error, "reader failed; restarting");
+                    act.backoff.failed_after(ran);
+                    ConsumerMetrics::set_up(&act.metrics.kafka_up, false);
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+}
+
+impl Supervised for KafkaReader {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.metrics.restarted("kafka_reader");
+    }
+}
