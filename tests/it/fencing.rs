@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use deadpool_redis::redis;
-use votestream::consumer::batch::{Batch, Entry, PartitionRange, SharedBatch};
-use votestream::consumer::metrics::ConsumerMetrics;
-use votestream::consumer::redis_sink::RedisWriter;
-use votestream::consumer::sink::{Sink, SinkError, WriteFailure};
+use votestream::consumer::ConsumerMetrics;
+use votestream::consumer::RedisWriter;
+use votestream::consumer::{Batch, Entry, PartitionRange, SharedBatch};
+use votestream::consumer::{Sink, SinkError, WriteFailure};
 use votestream::schema::redis::RedisKeys;
 use votestream::stores::STORE_TIMEOUT;
 use votestream::stores::redis_pool;

@@ -350,7 +350,7 @@ async fn paging_with_the_cursor_through_1000_logs_while_new_ones_arrive_returns_
 #[tokio::test]
 async fn the_consumer_and_the_logs_app_both_create_the_index_that_serves_the_page_order() {
     let database = unique("logs-index");
-    let logs = votestream::consumer::mongo_sink::logs_collection(&mongodb_uri(), &database)
+    let logs = votestream::consumer::logs_collection(&mongodb_uri(), &database)
         .await
         .expect("logs collection");
     let names = logs.list_index_names().await.expect("index names");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::time::Instant;
-use votestream::consumer::batch::{Batcher, Entry, SharedBatch};
+use votestream::consumer::{Batcher, Entry, SharedBatch};
 use votestream::vote::{Route, Rules, Vote, VoteRecord};
 
 pub const BANDS: usize = 20;
