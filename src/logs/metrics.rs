@@ -95,7 +95,7 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
-        crate::telemetry::metrics_text(&self.registry)
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use votestream::config::{Cli, Command, LogsSettings};
 use votestream::log_entry::LogEntry;
 use votestream::logs::LogsApp;
+use votestream::ops::{Dependency, Readiness};
 use votestream::redis_keys::RedisKeys;
 
 use crate::common::{delete_prefix, mongodb_uri, redis_url, unique};
@@ -416,12 +417,15 @@ async fn health_metrics_and_the_page_are_served_from_the_app_itself() {
     let app = TestApp::spawn(&[]).await;
     let get = |path: &str| app.http.get(format!("{}{path}", app.base)).send();
 
-    let health = get("/healthz").await.unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    let (status, health) = app.get("/healthz").await;
+    assert_eq!((status, health), (StatusCode::OK, serde_json::json!({"status": "ok"})));
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(
-        (status, ready),
-        (StatusCode::OK, serde_json::json!({"mongodb": "ok", "redis": "ok"}))
+        (status, serde_json::from_value(ready).unwrap()),
+        (
+            StatusCode::OK,
+            Readiness::of([(Dependency::Mongodb, true), (Dependency::Redis, true)])
+        )
     );
 
     let page = get("/").await.unwrap();
