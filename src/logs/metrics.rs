@@ -33,7 +33,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("logs");
+        let mut registry = crate::ops::registry("logs");
         let requests = Family::<RequestLabels, Counter>::default();
         let streams_active = Gauge::default();
         let streams_rejected = Counter::default();

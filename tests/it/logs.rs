@@ -462,10 +462,10 @@ async fn health_metrics_and_the_page_are_served_from_the_app_itself() {
 
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains(r#"logs_http_requests_total{path="/healthz",status="200"} 1"#),
+        metrics.contains(r#"votestream_logs_http_requests_total{path="/healthz",status="200"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("logs_streams_active 0"), "{metrics}");
+    assert!(metrics.contains("votestream_logs_streams_active 0"), "{metrics}");
     app.finish().await;
 }
 
