@@ -9,6 +9,7 @@ mod consumer;
 mod fencing;
 mod ingress;
 mod logs;
+mod operations;
 mod pipeline;
 mod services;
 mod smoke;
