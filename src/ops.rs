@@ -57,6 +57,22 @@ pub enum HealthStatus {
     Failed,
 }
 
+impl Health {
+    pub fn ok() -> Health {
+        Health {
+            status: HealthStatus::Ok,
+            reason: None,
+        }
+    }
+
+    pub fn failed(reason: String) -> Health {
+        Health {
+            status: HealthStatus::Failed,
+            reason: Some(reason),
+        }
+    }
+}
+
 /// The `/readyz` body, 200 when every dependency is ok, else 503:
 /// `{"status": "ready", "checks": {"kafka": "ok"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,14 +132,8 @@ pub fn routes<P: Probes>(probes: web::Data<P>) -> impl FnOnce(&mut web::ServiceC
 
 async fn healthz<P: Probes>(probes: web::Data<P>) -> HttpResponse {
     match probes.failure() {
-        None => HttpResponse::Ok().json(Health {
-            status: HealthStatus::Ok,
-            reason: None,
-        }),
-        Some(reason) => HttpResponse::InternalServerError().json(Health {
-            status: HealthStatus::Failed,
-            reason: Some(reason),
-        }),
+        None => HttpResponse::Ok().json(Health::ok()),
+        Some(reason) => HttpResponse::InternalServerError().json(Health::failed(reason)),
     }
 }
 
@@ -144,6 +154,18 @@ async fn metrics<P: Probes>(probes: web::Data<P>) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_is_ok_or_failed_with_a_reason() {
+        assert_eq!(
+            serde_json::to_value(Health::ok()).unwrap(),
+            serde_json::json!({"status": "ok"})
+        );
+        assert_eq!(
+            serde_json::to_value(Health::failed("fenced".into())).unwrap(),
+            serde_json::json!({"status": "failed", "reason": "fenced"})
+        );
+    }
 
     #[test]
     fn readiness_lists_every_dependency_and_is_ready_only_when_all_answer() {

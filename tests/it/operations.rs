@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use votestream::ops::{Dependency, Health, HealthStatus, METRICS_CONTENT_TYPE, Readiness};
+use votestream::ops::{Dependency, Health, METRICS_CONTENT_TYPE, Readiness};
 
 use crate::common::{eventually, free_port};
 use crate::pipeline::{ConsumerProcess, World};
@@ -62,10 +62,7 @@ async fn every_process_answers_healthz_readyz_and_metrics_in_the_same_shape() {
         assert_eq!(health.headers()["content-type"], "application/json", "{process}");
         assert_eq!(
             health.json::<Health>().await.expect("a health"),
-            Health {
-                status: HealthStatus::Ok,
-                reason: None
-            },
+            Health::ok(),
             "{process}"
         );
 
