@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod ingress;
 pub mod log_entry;
 pub mod logs;
+pub mod ops;
 pub mod schema;
 pub mod shutdown;
 pub mod stores;

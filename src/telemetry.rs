@@ -1,6 +1,5 @@
 //! Tracing, configured once per process: human-readable lines on stderr,
-//! filtered by `RUST_LOG` (default `info`); and the Prometheus text that
-//! every process serves on `/metrics`.
+//! filtered by `RUST_LOG` (default `info`).
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,15 +10,4 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// The media type of [`metrics_text`], for every `/metrics` endpoint.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The OpenMetrics text exposition of `registry`.
-pub fn metrics_text(registry: &prometheus_client::registry::Registry) -> String {
-    let mut text = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
-    text
 }

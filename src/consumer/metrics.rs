@@ -57,8 +57,8 @@ impl ConsumerMetrics {
         }
     }
 
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("votestream_consumer");
+    /// Registers every metric on the consumer's registry ([`crate::ops::registry`]).
+    pub fn register(&self, r: &mut Registry) {
         r.register("records_read", "Kafka records read", self.records_read.clone());
         r.register(
             "batches_applied",

@@ -34,7 +34,6 @@ use std::sync::Arc;
 
 use actix::Supervisor;
 use anyhow::Context as _;
-use prometheus_client::registry::Registry;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::ConsumerSettings;
@@ -109,7 +108,7 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(ConsumerMetrics::new());
-    let mut registry = Registry::default();
+    let mut registry = crate::ops::registry("consumer");
     metrics.register(&mut registry);
     tracing::info!(addr = %listener.local_addr()?, "consumer HTTP listening");
     let server = http::server(listener, metrics.clone(), registry)?;

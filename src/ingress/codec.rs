@@ -4,6 +4,10 @@
 //! INVALID_ARGUMENT. tonic reports it as INTERNAL, as gRPC's status-code table
 //! suggests; but the cause is the client's message, retrying cannot help, and
 //! INTERNAL would count a client's bug against the server's error budget.
+//! The status carries [`Malformed`] as its source, so the service that
+//! answered it can count the request as refused ([`is_malformed`]).
+
+use std::sync::Arc;
 
 use prost::Message;
 use tonic::Status;
@@ -54,12 +58,24 @@ impl<U: Message + Default> Decoder for VotesDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.prost
-            .decode(buf)
-            .map_err(|e| Status::invalid_argument(format!("malformed protobuf message: {}", e.message())))
+        self.prost.decode(buf).map_err(|e| {
+            let mut status = Status::invalid_argument(format!("{Malformed}: {}", e.message()));
+            status.set_source(Arc::new(Malformed));
+            status
+        })
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         self.prost.buffer_settings()
     }
+}
+
+/// Marks the status of a request this codec could not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed protobuf message")]
+pub struct Malformed;
+
+/// Whether `status` answers a request this codec could not decode.
+pub fn is_malformed(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|source| source.is::<Malformed>())
 }

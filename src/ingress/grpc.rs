@@ -8,15 +8,26 @@
 //! cannot leave a half-consumed stream, and it mirrors the HTTP array (same
 //! limits, same per-item report), so load tools call it like any unary RPC.
 //! The proto file says the same to client authors.
+//!
+//! A request whose message does not decode never reaches the handlers (tonic
+//! answers it from the codec), so the service is wrapped in
+//! [`CountMalformed`], which counts it as refused, as the HTTP route counts
+//! malformed JSON.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service, http};
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use super::codec;
 use super::intake::{CastError, Intake, Outcome};
 use crate::proto::vote_service_server::{VoteService, VoteServiceServer};
 use crate::proto::{self, CastVoteReply, CastVotesReply, CastVotesRequest, ItemResult, Rejection, item_result};
@@ -102,6 +113,40 @@ impl VoteService for VoteApi {
     }
 }
 
+/// The vote service, counting the requests its codec could not decode.
+#[derive(Clone)]
+struct CountMalformed {
+    votes: VoteServiceServer<VoteApi>,
+    intake: Arc<Intake>,
+}
+
+impl NamedService for CountMalformed {
+    const NAME: &'static str = <VoteServiceServer<VoteApi> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for CountMalformed {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<http::Request<Body>>::poll_ready(&mut self.votes, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let reply = self.votes.call(request);
+        let intake = self.intake.clone();
+        Box::pin(async move {
+            let response = reply.await?;
+            // tonic keeps the status it answered with in the response's extensions.
+            if response.extensions().get::<Status>().is_some_and(codec::is_malformed) {
+                intake.metrics().request_refused(Route::Grpc, "malformed_protobuf");
+            }
+            Ok(response)
+        })
+    }
+}
+
 /// Serves the vote service, health and reflection on `listener` until
 /// `shutdown` resolves; in-flight calls then finish (tonic drains).
 pub async fn serve(
@@ -117,9 +162,12 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let votes = VoteServiceServer::new(VoteApi { intake })
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    let votes = CountMalformed {
+        votes: VoteServiceServer::new(VoteApi { intake: intake.clone() })
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        intake,
+    };
     let shutdown = async {
         shutdown.await;
         // Tell health-checking clients first, while the drain completes.

@@ -1,9 +1,9 @@
 //! The HTTP route (actix-web): `POST /votes` takes one JSON vote object or an
-//! array of them, and the operational endpoints `/healthz` (process up),
-//! `/readyz` (Kafka answers) and `/metrics` (Prometheus). Body checks happen
-//! in the order a client would fix them: content type, size, JSON syntax,
-//! shape; then each vote is validated by [`crate::vote`] and cast through
-//! the shared [`Intake`].
+//! array of them, beside the operational endpoints ([`crate::ops`]): healthy
+//! unless the producer hit an error only a restart fixes, ready when Kafka
+//! answers. Body checks happen in the order a client would fix them: content
+//! type, size, JSON syntax, shape; then each vote is validated by
+//! [`crate::vote`] and cast through the shared [`Intake`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,12 +15,14 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use futures_util::StreamExt;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::intake::{CastError, Intake, Outcome};
 use crate::config::IngressArgs;
+use crate::ops::{self, Dependency, Probes, Readiness};
 use crate::vote::{Route, Vote, format_instant, kind_of};
 
 /// Why `POST /votes` was not (wholly) accepted, with its HTTP status.
@@ -198,9 +200,7 @@ pub fn server(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
+            .configure(ops::routes(state.clone()))
             .configure(|cfg| {
                 if votes_enabled {
                     // A resource, so other methods on /votes get 405 rather than 404.
@@ -291,32 +291,32 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
     Ok(body)
 }
 
-/// Liveness: the process serves. Fails only when the producer hit an error it
-/// cannot recover from, which a restart fixes.
-async fn healthz(state: web::Data<HttpState>) -> HttpResponse {
-    match state.intake.producer().fatal_error() {
-        None => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
-        Some(reason) => {
-            HttpResponse::InternalServerError().json(serde_json::json!({"status": "failed", "reason": reason}))
-        }
+impl Probes for HttpState {
+    /// A producer error librdkafka cannot recover from; a restart fixes it.
+    fn failure(&self) -> Option<String> {
+        self.intake.producer().fatal_error()
     }
-}
 
-/// Readiness: Kafka answers a metadata request for the votes topic in time.
-async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
-    let producer = state.intake.producer().clone();
-    let timeout = state.readiness_timeout;
-    // librdkafka's metadata call blocks its thread.
-    let reason = match web::block(move || producer.check_ready(timeout)).await {
-        Ok(Ok(())) => return HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Ok(Err(reason)) => reason,
-        Err(e) => format!("readiness check did not run: {e}"),
-    };
-    HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not_ready", "reason": reason}))
-}
+    /// Kafka answers a metadata request for the votes topic in time.
+    async fn readiness(&self) -> Readiness {
+        let producer = self.intake.producer().clone();
+        let timeout = self.readiness_timeout;
+        // librdkafka's metadata call blocks its thread.
+        let kafka = match web::block(move || producer.check_ready(timeout)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(reason)) => {
+                tracing::warn!(reason, "not ready: Kafka does not answer");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "not ready: the Kafka check did not run");
+                false
+            }
+        };
+        Readiness::of([(Dependency::Kafka, kafka)])
+    }
 
-async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(crate::telemetry::METRICS_CONTENT_TYPE)
-        .body(state.intake.metrics().encode())
+    fn registry(&self) -> &Registry {
+        self.intake.metrics().registry()
+    }
 }

@@ -67,7 +67,7 @@ impl Metrics {
             }
         });
         let mut metrics = Metrics {
-            registry: Registry::with_prefix("votestream_ingress"),
+            registry: crate::ops::registry("ingress"),
             rejected: Family::default(),
             requests_refused: Family::default(),
             produce_latency: Family::new_with_constructor(latency_histogram),
@@ -146,9 +146,8 @@ impl Metrics {
         InFlight { gauge, votes }
     }
 
-    /// The OpenMetrics text exposition of every metric.
-    pub fn encode(&self) -> String {
-        crate::telemetry::metrics_text(&self.registry)
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -167,6 +166,7 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::metrics_text;
 
     #[test]
     fn counts_and_in_flight_votes_appear_in_the_exposition() {
@@ -176,7 +176,7 @@ mod tests {
         metrics.request_refused(Route::Http, "malformed_json");
         metrics.produce_latency(Route::Http, Duration::from_millis(4));
         let guard = metrics.in_flight(Route::Grpc, 5);
-        let text = metrics.encode();
+        let text = metrics_text(metrics.registry());
         assert!(
             text.contains(r#"votestream_ingress_votes_accepted_total{route="http"} 3"#),
             "{text}"
@@ -190,10 +190,6 @@ mod tests {
         assert!(text.contains(r#"votestream_ingress_produce_latency_seconds_count{route="http"} 1"#));
         assert!(text.contains(r#"votestream_ingress_votes_in_flight{route="grpc"} 5"#));
         drop(guard);
-        assert!(
-            metrics
-                .encode()
-                .contains(r#"votestream_ingress_votes_in_flight{route="grpc"} 0"#)
-        );
+        assert!(metrics_text(metrics.registry()).contains(r#"votestream_ingress_votes_in_flight{route="grpc"} 0"#));
     }
 }

@@ -7,12 +7,15 @@
 //! until its shutdown future resolves, lets in-flight requests finish and
 //! flushes the producer.
 
-pub mod codec;
-pub mod grpc;
-pub mod http;
-pub mod intake;
-pub mod metrics;
-pub mod producer;
+pub(crate) mod codec;
+mod grpc;
+mod http;
+mod intake;
+mod metrics;
+mod producer;
+
+/// The ingress's Kafka producer, which the benchmark's raw-produce run drives directly.
+pub use producer::VoteProducer;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -26,7 +29,6 @@ use crate::config::{IngressArgs, IngressSettings};
 use crate::shutdown::{stop_all_after, stopped};
 use intake::Intake;
 use metrics::Metrics;
-use producer::VoteProducer;
 
 pub struct Ingress {
     args: IngressArgs,

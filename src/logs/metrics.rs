@@ -33,7 +33,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("logs");
+        let mut registry = crate::ops::registry("logs");
         let requests = Family::<RequestLabels, Counter>::default();
         let streams_active = Gauge::default();
         let streams_rejected = Counter::default();
@@ -95,7 +95,7 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
-        crate::telemetry::metrics_text(&self.registry)
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

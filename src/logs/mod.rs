@@ -1,6 +1,7 @@
 //! The logs web app: the terminal-like page (`/`), the logs as JSON
 //! (`/logs`), new logs as server-sent events (`/logs/stream`), the standings
-//! from Redis (`/results`), and `/healthz`, `/readyz`, `/metrics`.
+//! from Redis (`/results`), and the operational endpoints ([`crate::ops`]):
+//! healthy whatever MongoDB and Redis do, ready when both answer.
 //!
 //! [`LogsApp::build`] binds the listener (tests bind port 0 and read
 //! [`LogsApp::addr`]); [`LogsApp::run`] serves until the shutdown future
@@ -23,8 +24,10 @@ use actix_web::dev::Service;
 use actix_web::http::header::CACHE_CONTROL;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
+use prometheus_client::registry::Registry;
 
 use crate::config::LogsSettings;
+use crate::ops::{self, Dependency, Probes, Readiness};
 use crate::schema::redis::RedisKeys;
 use crate::stores::redis_pool;
 use error::LogsError;
@@ -132,9 +135,7 @@ impl LogsApp {
                 .route("/logs", web::get().to(list_logs))
                 .route("/logs/stream", web::get().to(stream_logs))
                 .route("/results", web::get().to(results))
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics_text))
+                .configure(ops::routes(state.clone()))
                 .default_service(web::to(not_found))
         })
         .listen(self.listener)?
@@ -190,28 +191,17 @@ async fn results(state: web::Data<State>) -> Result<HttpResponse, LogsError> {
         .json(standings))
 }
 
-/// Alive: the process answers. Says nothing about MongoDB or Redis, so an
+/// Healthy whatever MongoDB and Redis do (the default `failure`), so an
 /// outage of theirs never gets this app restarted.
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
-}
-
-/// Ready: both backends answer.
-async fn readyz(state: web::Data<State>) -> HttpResponse {
-    let (mongo, redis) = tokio::join!(state.store.ping(), state.standings.ping());
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let body = serde_json::json!({ "mongodb": word(mongo.is_ok()), "redis": word(redis.is_ok()) });
-    if mongo.is_ok() && redis.is_ok() {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
+impl Probes for State {
+    async fn readiness(&self) -> Readiness {
+        let (mongo, redis) = tokio::join!(self.store.ping(), self.standings.ping());
+        Readiness::of([(Dependency::Mongodb, mongo.is_ok()), (Dependency::Redis, redis.is_ok())])
     }
-}
 
-async fn metrics_text(state: web::Data<State>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(crate::telemetry::METRICS_CONTENT_TYPE)
-        .body(state.metrics.encode())
+    fn registry(&self) -> &Registry {
+        self.metrics.registry()
+    }
 }
 
 async fn not_found() -> HttpResponse {

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use votestream::config::{Cli, Command, LogsSettings};
 use votestream::logs::LogsApp;
+use votestream::ops::{Dependency, Health, Readiness};
 use votestream::schema;
 use votestream::schema::mongo::LogDocument;
 use votestream::schema::redis::RedisKeys;
@@ -423,12 +424,18 @@ async fn health_metrics_and_the_page_are_served_from_the_app_itself() {
     let app = TestApp::spawn(&[]).await;
     let get = |path: &str| app.http.get(format!("{}{path}", app.base)).send();
 
-    let health = get("/healthz").await.unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    let (status, health) = app.get("/healthz").await;
+    assert_eq!(
+        (status, serde_json::from_value(health).unwrap()),
+        (StatusCode::OK, Health::ok())
+    );
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(
-        (status, ready),
-        (StatusCode::OK, serde_json::json!({"mongodb": "ok", "redis": "ok"}))
+        (status, serde_json::from_value(ready).unwrap()),
+        (
+            StatusCode::OK,
+            Readiness::of([(Dependency::Mongodb, true), (Dependency::Redis, true)])
+        )
     );
 
     let page = get("/").await.unwrap();
@@ -465,10 +472,10 @@ async fn health_metrics_and_the_page_are_served_from_the_app_itself() {
 
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains(r#"logs_http_requests_total{path="/healthz",status="200"} 1"#),
+        metrics.contains(r#"votestream_logs_http_requests_total{path="/healthz",status="200"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("logs_streams_active 0"), "{metrics}");
+    assert!(metrics.contains("votestream_logs_streams_active 0"), "{metrics}");
     app.finish().await;
 }
 

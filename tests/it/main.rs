@@ -9,5 +9,6 @@ mod consumer;
 mod fencing;
 mod ingress;
 mod logs;
+mod operations;
 mod pipeline;
 mod smoke;

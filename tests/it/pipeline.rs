@@ -57,9 +57,21 @@ impl World {
     /// Starts `votestream consumer` for this world; its log goes to `dir/consumer-N.log`.
     pub fn spawn_consumer(&self, n: usize, extra_env: &[(&str, &str)]) -> ConsumerProcess {
         let port = free_port();
-        let log = std::fs::File::create(self.dir.join(format!("consumer-{n}.log"))).expect("log file");
+        let mut cmd = self.command("consumer", &format!("consumer-{n}.log"));
+        cmd.env("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{port}"));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn votestream consumer");
+        ConsumerProcess { child, port }
+    }
+
+    /// `votestream <subcommand>` on this world's topics, group, Redis prefix
+    /// and Mongo database; its log goes to `dir/<log>`.
+    pub fn command(&self, subcommand: &str, log: &str) -> Command {
+        let log = std::fs::File::create(self.dir.join(log)).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_votestream"));
-        cmd.arg("consumer")
+        cmd.arg(subcommand)
             .env("KAFKA_BROKERS", kafka_brokers())
             .env("VOTES_TOPIC", &self.topic.name)
             .env("DLQ_TOPIC", &self.dlq.name)
@@ -68,16 +80,11 @@ impl World {
             .env("REDIS_KEY_PREFIX", &self.prefix)
             .env("MONGODB_URI", &self.mongodb_uri)
             .env("MONGODB_DATABASE", &self.database)
-            .env("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn votestream consumer");
-        ConsumerProcess { child, port }
+        cmd
     }
 
     /// Runs a consumer for this world inside the test process (where a

@@ -22,7 +22,7 @@ use votestream::consumer::MongoWriter;
 use votestream::consumer::RedisWriter;
 use votestream::consumer::SharedBatch;
 use votestream::consumer::{Sink, WriteFailure};
-use votestream::ingress::producer::VoteProducer;
+use votestream::ingress::VoteProducer;
 use votestream::schema::redis::RedisKeys;
 use votestream::vote::VoteRecord;
 

@@ -90,7 +90,47 @@ async fn every_bad_vote_field_gets_invalid_argument_over_grpc_and_never_reaches_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_protobuf_and_grpc_limits_get_precise_errors_and_the_next_vote_succeeds() {
+async fn a_malformed_protobuf_gets_invalid_argument_and_is_counted_as_refused_like_malformed_json() {
+    let topic = TempTopic::create("ingress-grpc-malformed", 3).await;
+    let ingress = TestIngress::start(&kafka_brokers(), &topic.name, &[]).await;
+    let mut grpc = ingress.grpc().await;
+    let mut accepted = Vec::new();
+
+    // Bytes that are not a Vote: field 1 (name) sent as a number, then plain garbage.
+    for (what, bytes) in [
+        ("a number as name", vec![0x08, 0x05]),
+        ("garbage", vec![0xff, 0xff, 0xff, 0xff]),
+    ] {
+        let status = cast_raw(&ingress, bytes).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(
+            status.message().contains("malformed protobuf message"),
+            "{what}: {status:?}"
+        );
+        still_serving(&mut grpc, &mut accepted).await;
+    }
+    // A vote that decodes but is invalid is rejected, not refused.
+    let mut invalid = grpc_vote("Alux Nahual");
+    invalid.year = Some(3000);
+    assert_eq!(grpc.cast_vote(invalid).await.unwrap_err().code(), Code::InvalidArgument);
+    let (status, _) = ingress.post_raw(Some("application/json"), "{").await;
+    assert_eq!(status, 400);
+
+    let (_, metrics) = ingress.get("/metrics").await;
+    for line in [
+        r#"votestream_ingress_requests_refused_total{route="grpc",reason="malformed_protobuf"} 2"#,
+        r#"votestream_ingress_requests_refused_total{route="http",reason="malformed_json"} 1"#,
+        r#"votestream_ingress_votes_rejected_total{route="grpc",reason="out_of_range"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    ingress.stop().await;
+
+    assert_exactly(&records(&kafka_brokers(), &topic.name).await, &accepted, "grpc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_limits_get_precise_errors_and_the_next_vote_succeeds() {
     let topic = TempTopic::create("ingress-grpc-limits", 3).await;
     let ingress = TestIngress::start(
         &kafka_brokers(),
@@ -99,33 +139,7 @@ async fn malformed_protobuf_and_grpc_limits_get_precise_errors_and_the_next_vote
     )
     .await;
     let mut grpc = ingress.grpc().await;
-    let addr = ingress.grpc_addr.expect("gRPC is on");
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw = tonic::client::Grpc::new(channel);
     let mut accepted = Vec::new();
-
-    // Bytes that are not a Vote: field 1 (name) sent as a number, then plain garbage.
-    for (what, bytes) in [
-        ("a number as name", vec![0x08, 0x05]),
-        ("garbage", vec![0xff, 0xff, 0xff, 0xff]),
-    ] {
-        raw.ready().await.unwrap();
-        let path = PathAndQuery::from_static("/votes.v1.VoteService/CastVote");
-        let status = raw
-            .unary::<_, Vec<u8>, _>(tonic::Request::new(bytes), path, RawCodec)
-            .await
-            .expect_err("refused");
-        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-        assert!(
-            status.message().contains("malformed protobuf message"),
-            "{what}: {status:?}"
-        );
-        still_serving(&mut grpc, &mut accepted).await;
-    }
 
     let batch = |n: usize| CastVotesRequest {
         votes: (0..n).map(|i| grpc_vote(&format!("Banda {i}"))).collect(),
@@ -177,6 +191,22 @@ async fn still_serving(grpc: &mut VoteServiceClient<Channel>, accepted: &mut Vec
         .await
         .expect("a valid vote right after");
     accepted.push(reply.into_inner().id);
+}
+
+/// Casts `bytes` as the message of a `CastVote` call; the error it gets.
+async fn cast_raw(ingress: &TestIngress, bytes: Vec<u8>) -> Status {
+    let addr = ingress.grpc_addr.expect("gRPC is on");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/votes.v1.VoteService/CastVote");
+    raw.unary::<_, Vec<u8>, _>(tonic::Request::new(bytes), path, RawCodec)
+        .await
+        .expect_err("refused")
 }
 
 /// Sends and receives raw bytes, to put what no generated client would send on the wire.

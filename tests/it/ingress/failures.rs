@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
+use votestream::ops::{Dependency, Readiness};
 use votestream::proto::CastVotesRequest;
 use votestream::proto::vote_service_client::VoteServiceClient;
 
@@ -95,6 +96,8 @@ async fn with_no_broker_reachable_votes_fail_with_503_and_unavailable_instead_of
 
     let (status, body) = ingress.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
+    let readiness: Readiness = serde_json::from_str(&body).unwrap();
+    assert_eq!(readiness, Readiness::of([(Dependency::Kafka, false)]));
     let (status, _) = ingress.get("/healthz").await;
     assert_eq!(status, 200, "the process itself is fine");
     let (_, metrics) = ingress.get("/metrics").await;

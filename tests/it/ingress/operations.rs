@@ -13,6 +13,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use votestream::ingress::Ingress;
+use votestream::ops::{Dependency, Health, Readiness};
 
 use super::support::{TestIngress, assert_record_shape, grpc_vote, records, seed_vote, settings};
 use crate::common::{TempTopic, kafka_brokers};
@@ -24,8 +25,11 @@ async fn health_readiness_and_metrics_report_the_ingress_state() {
 
     let (status, body) = ingress.get("/healthz").await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Health>(&body).unwrap(), Health::ok());
     let (status, body) = ingress.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
+    let readiness: Readiness = serde_json::from_str(&body).unwrap();
+    assert_eq!(readiness, Readiness::of([(Dependency::Kafka, true)]));
 
     let (status, _) = ingress.post_json(&seed_vote(1)).await;
     assert_eq!(status, 200);

@@ -94,7 +94,7 @@ async fn the_stream_pushes_newly_counted_logs_once_in_order_and_honours_the_band
 
 #[tokio::test]
 async fn with_no_client_connected_the_tail_reads_nothing() {
-    const READS: &str = "logs_tail_polls_total{outcome=\"ok\"}";
+    const READS: &str = "votestream_logs_tail_polls_total{outcome=\"ok\"}";
     let app = TestApp::spawn(&[]).await;
     let now = Utc::now().timestamp_millis();
     app.count(&[log("before", now, "La Tona", "Tona", "http")]).await;
