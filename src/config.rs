@@ -229,6 +229,38 @@ pub struct ConsumerArgs {
     /// batches not written by then are read again by the next consumer of their partitions.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
+    /// Static group membership: a name for this consumer that stays the same across its
+    /// restarts (on Kubernetes, the StatefulSet pod's name). Restarted within the session
+    /// timeout, it gets its partitions back without a rebalance, and the other consumers keep
+    /// theirs. Unset: a new member each start. Two running consumers must not share a name.
+    #[arg(long, env = "GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+    /// How long the group waits for a silent consumer before giving its partitions to the
+    /// others, in milliseconds: the time a static member has to come back from a restart.
+    #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u32,
+    /// How partitions move between the group's consumers. `cooperative`: a rebalance moves
+    /// only the partitions that change owner, and the rest keep counting (cooperative-sticky).
+    /// `eager`: every consumer gives up every partition, then all are handed out again.
+    #[arg(long, env = "REBALANCE_PROTOCOL", value_enum, default_value_t = RebalanceProtocol::Cooperative)]
+    pub rebalance_protocol: RebalanceProtocol,
+}
+
+/// How partitions move between a group's consumers (`--rebalance-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RebalanceProtocol {
+    Cooperative,
+    Eager,
+}
+
+impl RebalanceProtocol {
+    /// librdkafka's `partition.assignment.strategy` for it.
+    pub fn assignment_strategy(self) -> &'static str {
+        match self {
+            RebalanceProtocol::Cooperative => "cooperative-sticky",
+            RebalanceProtocol::Eager => "range,roundrobin",
+        }
+    }
 }
 
 impl ConsumerArgs {

@@ -32,6 +32,9 @@ pub struct ConsumerMetrics {
     pub consumer_lag: Gauge,
     pub end_to_end_seconds: Histogram,
     pub in_flight_batches: Gauge,
+    pub partitions_assigned: Counter,
+    pub partitions_revoked: Counter,
+    pub partitions_owned: Gauge,
     pub kafka_up: AtomicBool,
     pub redis_up: AtomicBool,
     pub mongo_up: AtomicBool,
@@ -51,6 +54,9 @@ impl ConsumerMetrics {
             consumer_lag: Gauge::default(),
             end_to_end_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             in_flight_batches: Gauge::default(),
+            partitions_assigned: Counter::default(),
+            partitions_revoked: Counter::default(),
+            partitions_owned: Gauge::default(),
             kafka_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(false),
             mongo_up: AtomicBool::new(false),
@@ -60,6 +66,21 @@ impl ConsumerMetrics {
     /// Registers every metric on the consumer's registry ([`crate::ops::registry`]).
     pub fn register(&self, r: &mut Registry) {
         r.register("records_read", "Kafka records read", self.records_read.clone());
+        r.register(
+            "partitions_assigned",
+            "Partitions the group gave this consumer",
+            self.partitions_assigned.clone(),
+        );
+        r.register(
+            "partitions_revoked",
+            "Partitions the group took from this consumer",
+            self.partitions_revoked.clone(),
+        );
+        r.register(
+            "partitions_owned",
+            "Partitions this consumer reads now",
+            self.partitions_owned.clone(),
+        );
         r.register(
             "batches_applied",
             "Batches written, per sink",

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -137,22 +137,49 @@ impl ClientContext for ReaderContext {
     }
 }
 
+/// Under the cooperative protocol each callback names only the partitions
+/// that change owner (added to, or taken from, what this consumer reads);
+/// under the eager one an assignment is the whole set and a revoke takes all.
 impl ConsumerContext for ReaderContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let count = tpl.count() as i64;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let starts = self.choose_starts(consumer, tpl);
                 self.push(Rebalanced::Assigned(starts));
-                if let Err(error) = consumer.assign(tpl) {
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = assigned {
                     tracing::error!(%error, "assign failed");
+                }
+                self.metrics.partitions_assigned.inc_by(count as u64);
+                if cooperative {
+                    self.metrics.partitions_owned.inc_by(count);
+                } else {
+                    self.metrics.partitions_owned.set(count);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
-                tracing::info!(partitions = ?revoked, "revoked");
+                tracing::info!(partitions = ?revoked, cooperative, "revoked");
                 self.push(Rebalanced::Revoked(revoked));
-                if let Err(error) = consumer.unassign() {
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = unassigned {
                     tracing::error!(%error, "unassign failed");
+                }
+                self.metrics.partitions_revoked.inc_by(count as u64);
+                if cooperative {
+                    self.metrics.partitions_owned.dec_by(count);
+                } else {
+                    self.metrics.partitions_owned.set(0);
                 }
             }
             other => {

@@ -32,6 +32,8 @@ fn the_benchmark_runs_every_section_on_a_small_load_and_writes_its_figures() {
         "drain.votes_per_s",
         "memory.drain_peak_rss_mib",
         "memory.outage_peak_rss_mib",
+        "restart.pause_eager_s",
+        "restart.pause_static_s",
         "ingress.grpc_single.votes_per_s",
         "ingress.grpc_batch.p99_ms",
         "ingress.http_single.p50_ms",

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::eventually;
-use crate::pipeline::{World, assert_exact, produce, produce_raw, votes, wait_for_total};
+use crate::pipeline::{ConsumerProcess, World, assert_exact, produce, produce_raw, votes, wait_for_total};
 use harness::servers::{PrivateMongo, PrivateRedis};
 
 /// Heavy tests share 2 cores; one at a time keeps each well inside its limits.
@@ -140,6 +140,64 @@ async fn two_consumers_in_one_group_with_one_killed_midway_count_exactly() {
     wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
     assert!(second.terminate().success());
+    world.clean().await;
+}
+
+/// A consumer's `/metrics`, once it answers.
+async fn metrics_of(consumer: &ConsumerProcess) -> String {
+    eventually("the consumer's /metrics", Duration::from_secs(60), || {
+        consumer.metrics()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_static_member_restarted_within_the_session_timeout_takes_no_partition_from_the_other() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("static").await;
+    let n = 60_000;
+    let (records, expected) = votes(n);
+    produce(&world.topic.name, &records).await;
+    let settings = |name: &'static str| {
+        [
+            ("BATCH_MAX_RECORDS", "250"),
+            ("GROUP_INSTANCE_ID", name),
+            // Room for a restart on a busy machine.
+            ("SESSION_TIMEOUT_MS", "30000"),
+        ]
+    };
+    let mut first = world.spawn_consumer(0, &settings("first"));
+    let mut second = world.spawn_consumer(1, &settings("second"));
+    let owned = |metrics: &str| counter(metrics, "votestream_consumer_partitions_owned ");
+    // Both hold some of the six partitions, and the group has settled.
+    let (first_owned, baseline) = eventually("both consumers to own partitions", Duration::from_secs(120), || async {
+        let (a, b) = (first.metrics().await?, second.metrics().await?);
+        (owned(&a) > 0.0 && owned(&b) > 0.0 && owned(&a) + owned(&b) == 6.0)
+            .then(|| (owned(&a), counter(&a, "votestream_consumer_partitions_revoked_total ")))
+    })
+    .await;
+
+    let seen = progress_past(&world, 10_000).await;
+    assert!(second.terminate().success(), "clean exit on SIGTERM");
+    eprintln!("second consumer restarted at {seen} counted; the first owns {first_owned} partitions");
+    let second = world.spawn_consumer(2, &settings("second"));
+    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+
+    let (a, b) = (metrics_of(&first).await, metrics_of(&second).await);
+    assert_eq!(
+        counter(&a, "votestream_consumer_partitions_revoked_total "),
+        baseline,
+        "the first consumer gave up no partition during the restart"
+    );
+    assert_eq!(owned(&a), first_owned, "and kept all of its own");
+    assert_eq!(
+        owned(&b),
+        6.0 - first_owned,
+        "the restarted one got its partitions back"
+    );
+    assert!(first.terminate().success());
+    drop(second);
     world.clean().await;
 }
 

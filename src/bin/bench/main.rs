@@ -39,6 +39,9 @@ enum Section {
     E2e,
     /// The drain by the consumer alone, then by `votestream all` with a logs page open.
     Pipeline,
+    /// Two consumers draining, one restarted: the pause in counting, eager against
+    /// cooperative with static membership.
+    Restart,
 }
 
 #[derive(Debug, Parser)]
@@ -49,7 +52,7 @@ enum Section {
         and the `votestream` binary beside this one; build both with `cargo build --release --bins`. \
         Measures the raw rates of Kafka, Redis and Mongo with the pipeline's own clients and batch \
         sizes, the consumer's drain of a backlog and its peak RSS (also with Mongo stopped midway), \
-        the ingress per route, and the end-to-end latency at half the sustainable rate. Prints one \
+        the pause in counting when one of two consumers restarts, the ingress per route, and the end-to-end latency at half the sustainable rate. Prints one \
         table (the median of --reps runs, each run beside it, and the targets of BENCHMARKS.md) and \
         writes the same figures as JSON. Everything it creates is removed at the end."
 )]
@@ -74,7 +77,7 @@ struct Args {
     )]
     mongodb_uri: String,
     /// Sections to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["raw", "drain", "memory", "pipeline", "ingress", "e2e"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["raw", "drain", "memory", "pipeline", "restart", "ingress", "e2e"])]
     only: Vec<Section>,
     /// Repetitions of every measurement (figures are their medians).
     #[arg(long, default_value_t = 3)]

@@ -235,9 +235,23 @@ impl Process {
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
+        self.send_term()?;
         Ok(self.child.wait()?)
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn send_term(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        anyhow::ensure!(
+            Command::new("kill").args(["-TERM", &pid]).status()?.success(),
+            "kill -TERM {pid} failed"
+        );
+        Ok(())
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     fn kill(&mut self) {

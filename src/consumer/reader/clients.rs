@@ -26,15 +26,25 @@ pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics
         metrics,
         events: Mutex::new(Vec::new()),
     };
-    ClientConfig::new()
+    let mut client = ClientConfig::new();
+    if let Some(instance) = &config.group_instance_id {
+        // Static membership: a restart within the session timeout is no rebalance.
+        client.set("group.instance.id", instance);
+    }
+    client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group)
+        .set(
+            "partition.assignment.strategy",
+            config.rebalance_protocol.assignment_strategy(),
+        )
         // Offsets are committed by the reader, only after both sinks wrote a batch.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // A killed consumer's partitions move to the others within 10 s, not Kafka 4's 45 s.
-        .set("session.timeout.ms", "10000")
+        // A killed consumer's partitions move to the others within this (10 s by default, not
+        // Kafka 4's 45 s); a static member must be back within it.
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", "2000")
         // Caps what librdkafka prefetches, so memory stays bounded whatever the backlog:
         // 4 MiB is some 16 batches of votes, and one fetch may overshoot it by fetch.max.bytes.

@@ -40,7 +40,7 @@ use super::metrics::ConsumerMetrics;
 use super::mongo_sink::MongoLogger;
 use super::redis_sink::RedisAggregator;
 use super::sink::Backoff;
-use crate::config::ConsumerSettings;
+use crate::config::{ConsumerSettings, RebalanceProtocol};
 use crate::schema::redis::RedisKeys;
 use crate::vote::Rules;
 use read_loop::ReadLoop;
@@ -65,6 +65,10 @@ pub struct ReaderConfig {
     pub backoff: Backoff,
     /// How long shutdown waits for the batches in flight.
     pub drain_timeout: Duration,
+    /// Static group membership (`group.instance.id`), when set.
+    pub group_instance_id: Option<String>,
+    pub session_timeout_ms: u32,
+    pub rebalance_protocol: RebalanceProtocol,
 }
 
 impl ReaderConfig {
@@ -86,6 +90,9 @@ impl ReaderConfig {
                 Duration::from_millis(s.consumer.restart_backoff_max_ms),
             ),
             drain_timeout: s.consumer.drain_timeout(),
+            group_instance_id: s.consumer.group_instance_id.clone(),
+            session_timeout_ms: s.consumer.session_timeout_ms,
+            rebalance_protocol: s.consumer.rebalance_protocol,
         }
     }
 }

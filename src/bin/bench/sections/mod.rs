@@ -9,16 +9,24 @@ use crate::stack::Stack;
 use crate::{Args, Section, data, drain, raw, settings};
 
 mod pipeline;
+mod restart;
 mod serving;
 
 use pipeline::pipeline_with_page;
+use restart::restart_pause;
 use serving::{end_to_end, ingress_routes};
 
 pub async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
     if args.runs(Section::Raw) {
         raw_produce(args, stack, report).await?;
     }
-    let reads_backlog = [Section::Raw, Section::Drain, Section::Memory, Section::Pipeline];
+    let reads_backlog = [
+        Section::Raw,
+        Section::Drain,
+        Section::Memory,
+        Section::Pipeline,
+        Section::Restart,
+    ];
     if reads_backlog.iter().any(|&s| args.runs(s)) {
         let topic = backlog(args, stack).await?;
         let sections = async {
@@ -33,6 +41,9 @@ pub async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Res
             }
             if args.runs(Section::Pipeline) {
                 pipeline_with_page(args, stack, report, &topic).await?;
+            }
+            if args.runs(Section::Restart) {
+                restart_pause(args, stack, report, &topic).await?;
             }
             anyhow::Ok(())
         }
