@@ -19,7 +19,9 @@ from kubernetes_validate.utils import SchemaNotFoundError
 from contract import PART_OF, PROJECT_IMAGE
 
 Doc = dict[str, Any]
-CUSTOM_GROUPS = {"kafka.strimzi.io"}
+# API groups of custom resources: each is checked against its operator's CRDs
+# (crd_checks.py), not Kubernetes' own schemas.
+CUSTOM_GROUPS = {"kafka.strimzi.io", "keda.sh", "monitoring.coreos.com"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 WORKLOADS_WITH_TEMPLATE = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 # `kubectl apply` (client side) keeps a copy of each object in an annotation,

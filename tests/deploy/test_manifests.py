@@ -17,6 +17,7 @@ import manifest_checks as mc
 import pod_checks
 from variants import K8S, K8S_VERSIONS, STRIMZI_VERSIONS, VARIANTS, rendered
 from contract import PROBE_PATHS, ROOT, grpc_services
+from crd_checks import CRD_SOURCES
 from manifest_checks import containers, pod_specs
 from strimzi_checks import strimzi_errors, strimzi_schema_errors
 
@@ -34,6 +35,10 @@ def test_strimzi_resources_match_strimzis_crds_strictly(docs, strimzi):
 
 def test_strimzi_resources_follow_the_rules_strimzi_checks_when_reconciling(docs):
     assert strimzi_errors(docs) == []
+
+
+def test_every_custom_resource_group_is_checked_against_its_operators_crds():
+    assert set(CRD_SOURCES) == mc.CUSTOM_GROUPS
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "base"])
