@@ -1,7 +1,9 @@
 """The Kubernetes manifests (deploy/k8s, base and overlays), rendered by
 `kubectl kustomize` as `kubectl apply -k` would, checked offline: Kubernetes'
-own schemas and Strimzi's CRDs with unknown fields rejected, cross-references,
-pod hardening, and agreement with what the votestream binary serves and reads."""
+own schemas and the CRDs of Strimzi, KEDA and the Prometheus Operator with
+unknown fields rejected, cross-references, pod hardening, disruption budgets,
+scraping and autoscaling, and agreement with what the votestream binary
+serves and reads."""
 
 from __future__ import annotations
 
@@ -15,10 +17,18 @@ import yaml
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from variants import K8S, K8S_VERSIONS, STRIMZI_VERSIONS, VARIANTS, rendered
+from variants import (
+    K8S,
+    K8S_VERSIONS,
+    PROMETHEUS_OPERATOR_VERSIONS,
+    STRIMZI_VERSIONS,
+    VARIANTS,
+    rendered,
+)
 from contract import PROBE_PATHS, ROOT, grpc_services
 from crd_checks import CRD_SOURCES
 from manifest_checks import containers, pod_specs
+from monitoring_checks import monitor_errors, prometheus_operator_schema_errors
 from strimzi_checks import strimzi_errors, strimzi_schema_errors
 
 
@@ -39,6 +49,20 @@ def test_strimzi_resources_follow_the_rules_strimzi_checks_when_reconciling(docs
 
 def test_every_custom_resource_group_is_checked_against_its_operators_crds():
     assert set(CRD_SOURCES) == mc.CUSTOM_GROUPS
+
+
+@pytest.mark.parametrize("version", PROMETHEUS_OPERATOR_VERSIONS)
+def test_monitoring_resources_match_the_prometheus_operators_crds_strictly(docs, version):
+    assert [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")], "no PodMonitor"
+    assert prometheus_operator_schema_errors(docs, version) == []
+
+
+def test_every_votestream_process_is_scraped_once_on_its_metrics_port(docs):
+    assert monitor_errors(docs) == []
+
+
+def test_disruption_budgets_let_pods_go_one_at_a_time(docs):
+    assert mc.disruption_budget_errors(docs) == []
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "base"])
@@ -107,6 +131,13 @@ def test_the_base_holds_every_component_of_the_deployment(base):
     )
     assert mc.generated_name(base, "ConfigMap", "votestream-config")
     assert mc.generated_name(base, "Secret", "votestream-secrets")
+
+
+def test_the_base_scrapes_and_budgets_every_votestream_deployment(base):
+    monitors = {m["metadata"]["name"] for m in mc.find(base, "PodMonitor")}
+    assert monitors == {"ingress", "consumer", "logs"}
+    budgets = {b["metadata"]["name"] for b in mc.find(base, "PodDisruptionBudget")}
+    assert budgets == {"ingress-grpc", "ingress-http", "consumer", "logs"}
 
 
 def test_each_ingress_deployment_serves_one_protocol(base):
