@@ -415,6 +415,11 @@ def application_errors(docs: list[Doc]) -> list[str]:
             for h in find(docs, "HorizontalPodAutoscaler")
             if h["spec"]["scaleTargetRef"]["name"] == "consumer"
         ]
+        + [
+            s["spec"].get("maxReplicaCount", 100)  # KEDA's default
+            for s in find(docs, "ScaledObject")
+            if s["spec"]["scaleTargetRef"]["name"] == "consumer"
+        ]
         + [d["spec"].get("replicas", 1) for d in find(docs, "Deployment", "consumer")]
     )
     for var in ("VOTES_TOPIC", "DLQ_TOPIC"):

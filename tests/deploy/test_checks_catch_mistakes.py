@@ -11,8 +11,9 @@ import pytest
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from variants import PROMETHEUS_OPERATOR_VERSIONS, STRIMZI_VERSIONS, rendered
+from variants import KEDA_VERSIONS, PROMETHEUS_OPERATOR_VERSIONS, STRIMZI_VERSIONS, rendered
 from contract import ROOT
+from keda_checks import keda_errors, keda_schema_errors
 from manifest_checks import pod_specs
 from monitoring_checks import monitor_errors, prometheus_operator_schema_errors
 from strimzi_checks import strimzi_errors, strimzi_schema_errors
@@ -39,6 +40,7 @@ def mistake_in(variant):
 
 
 mistake = mistake_in("base")
+keda_mistake = mistake_in("overlays/keda")
 
 
 @mistake
@@ -377,6 +379,149 @@ def test_a_data_source_pointing_elsewhere_is_reported(tmp_path):
         "apiVersion: 1\ndatasources:\n  - name: Redis\n    type: redis-datasource\n    url: redis://127.0.0.1:6379\n"
     )
     assert grafana_checks.grafana_errors(rendered("base"), provisioning) != []
+
+
+# --- KEDA ---------------------------------------------------------------------------
+
+
+def scaled(docs):
+    return mc.find(docs, "ScaledObject", "consumer")[0]
+
+
+def kafka_trigger(docs):
+    return scaled(docs)["spec"]["triggers"][0]
+
+
+@keda_mistake
+def misspelt_scaled_object_field(docs):
+    spec = scaled(docs)["spec"]
+    spec["maxReplicas"] = spec.pop("maxReplicaCount")
+
+
+@keda_mistake
+def string_max_replica_count(docs):
+    scaled(docs)["spec"]["maxReplicaCount"] = "6"
+
+
+@keda_mistake
+def boolean_trigger_metadata(docs):
+    # YAML `false` unquoted: KEDA's metadata values are strings.
+    kafka_trigger(docs)["metadata"]["allowIdleConsumers"] = False
+
+
+@keda_mistake
+def misspelt_autoscaler_config(docs):
+    advanced = scaled(docs)["spec"]["advanced"]
+    advanced["horizontalPodAutoScalerConfig"] = advanced.pop("horizontalPodAutoscalerConfig")
+
+
+@keda_mistake
+def trigger_without_type(docs):
+    del kafka_trigger(docs)["type"]
+
+
+@keda_mistake
+def older_keda_api(docs):
+    scaled(docs)["apiVersion"] = "keda.sh/v1beta1"
+
+
+# Each caught by KEDA's own CRD schema, of every KEDA version checked; with the
+# text the error must hold.
+CAUGHT_BY_KEDAS_CRD = {
+    misspelt_scaled_object_field: "'maxReplicas' was unexpected",
+    string_max_replica_count: "'6' is not of type 'integer'",
+    boolean_trigger_metadata: "False is not of type 'string'",
+    misspelt_autoscaler_config: "'horizontalPodAutoScalerConfig' was unexpected",
+    trigger_without_type: "'type' is a required property",
+    older_keda_api: "serves no ScaledObject in keda.sh/v1beta1",
+}
+
+
+@pytest.mark.parametrize("keda", KEDA_VERSIONS)
+@pytest.mark.parametrize("make", list(CAUGHT_BY_KEDAS_CRD), ids=lambda f: f.__name__)
+def test_kedas_crd_schema_reports_a_mistake(make, keda):
+    errors = keda_schema_errors(make(), keda)
+    assert any(CAUGHT_BY_KEDAS_CRD[make] in e for e in errors), errors
+
+
+@keda_mistake
+def misspelt_trigger_metadata(docs):
+    metadata = kafka_trigger(docs)["metadata"]
+    metadata["consumergroup"] = metadata.pop("consumerGroup")
+
+
+@keda_mistake
+def lag_threshold_not_a_number(docs):
+    kafka_trigger(docs)["metadata"]["lagThreshold"] = "10k"
+
+
+@keda_mistake
+def unknown_offset_reset_policy(docs):
+    kafka_trigger(docs)["metadata"]["offsetResetPolicy"] = "oldest"
+
+
+@keda_mistake
+def idle_consumers_with_partitions_with_lag(docs):
+    kafka_trigger(docs)["metadata"]["allowIdleConsumers"] = "true"
+
+
+@keda_mistake
+def scaled_object_on_missing_deployment(docs):
+    scaled(docs)["spec"]["scaleTargetRef"]["name"] = "consumers"
+
+
+@keda_mistake
+def cpu_autoscaler_kept_beside_keda(docs):
+    docs.append(copy.deepcopy(mc.find(rendered("base"), "HorizontalPodAutoscaler", "consumer")[0]))
+
+
+@keda_mistake
+def more_consumers_than_partitions(docs):
+    scaled(docs)["spec"]["maxReplicaCount"] = 8
+
+
+@keda_mistake
+def another_consumer_group(docs):
+    kafka_trigger(docs)["metadata"]["consumerGroup"] = "votestream"
+
+
+@keda_mistake
+def bootstrap_without_namespace(docs):
+    # Resolves in the consumer's namespace, not in KEDA's.
+    kafka_trigger(docs)["metadata"]["bootstrapServers"] = "votestream-kafka-bootstrap:9092"
+
+
+@keda_mistake
+def lag_counted_from_the_end(docs):
+    # The consumer starts a new group at the earliest offset, so that is its lag.
+    kafka_trigger(docs)["metadata"]["offsetResetPolicy"] = "latest"
+
+
+# Mistakes KEDA's CRD lets through (the trigger's metadata is a map of strings)
+# and the checks of keda_checks.py report.
+CAUGHT_BY_KEDA_CHECKS = [
+    misspelt_trigger_metadata,
+    lag_threshold_not_a_number,
+    unknown_offset_reset_policy,
+    idle_consumers_with_partitions_with_lag,
+    scaled_object_on_missing_deployment,
+    cpu_autoscaler_kept_beside_keda,
+    more_consumers_than_partitions,
+    another_consumer_group,
+    bootstrap_without_namespace,
+    lag_counted_from_the_end,
+]
+
+
+@pytest.mark.parametrize("make", CAUGHT_BY_KEDA_CHECKS, ids=lambda f: f.__name__)
+def test_a_scaled_object_mistake_is_reported(make):
+    docs = make()
+    assert all(keda_schema_errors(docs, v) == [] for v in KEDA_VERSIONS), "the CRD alone catches it"
+    assert keda_errors(docs) != []
+
+
+def test_more_consumers_than_partitions_is_reported_by_the_settings_check_too():
+    assert mc.application_errors(more_consumers_than_partitions()) != []
 
 
 # --- The Prometheus Operator --------------------------------------------------------
