@@ -54,8 +54,8 @@ KEDA_KAFKA_SCALER = "pkg/scalers/kafka_scaler.go"
 # ScaledObject CRD of every one, and the Kafka scaler's source of those whose
 # scaler declares its metadata as typed configuration (`keda:"name=..."` tags).
 KEDA_FILES = {
-    "v2.16.1": {
-        KEDA_SCALEDOBJECT_CRD: "3c91c5423e809a456e67fc47a85a095a2ade29dd00dfc96e92a3aa6d8e6a5526",
+    "v2.15.1": {
+        KEDA_SCALEDOBJECT_CRD: "cbed6f62d3fe01a99e800467792b3b9581b7c6fcffbcbf3b70ecbb0dd5b3cc8f",
     },
     "v2.21.0": {
         KEDA_SCALEDOBJECT_CRD: "af35555862a83933b074af14ad439c4b4ceabaf4daa3e9338e9b23e36d308d80",

@@ -22,8 +22,8 @@ K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 # its last patch) and of the newest release whose io.strimzi:api test jar
 # ships them (tools.py).
 STRIMZI_VERSIONS = sorted(STRIMZI_API_TEST_JARS, key=lambda v: tuple(int(x) for x in v.split(".")))
-# KEDA's CRDs: of the first release for Kubernetes 1.30 (2.16 supports
-# 1.29-1.31) and of the newest its Go module is served at (tools.py).
+# KEDA's CRDs: of the oldest release tested on the oldest Kubernetes above
+# (2.15: 1.28 to 1.30) and of the newest its Go module is served at (tools.py).
 KEDA_VERSIONS = sorted(KEDA_FILES, key=lambda v: tuple(int(x) for x in v[1:].split(".")))
 # The Prometheus Operator's CRDs: the one version served (tools.py).
 PROMETHEUS_OPERATOR_VERSIONS = sorted(PROMETHEUS_OPERATOR_FILES)
