@@ -59,3 +59,13 @@ def grpc_services() -> list[str]:
     text = (ROOT / "proto" / "votes.proto").read_text()
     package = re.search(r"^\s*package\s+([\w.]+)\s*;", text, re.M).group(1)
     return [f"{package}.{name}" for name in re.findall(r"^\s*service\s+(\w+)", text, re.M)]
+
+
+def consumer_offset_reset() -> str:
+    """Where the consumer starts a partition its group never committed
+    (`auto.offset.reset` in src/consumer/reader/clients.rs)."""
+    text = (ROOT / "src" / "consumer" / "reader" / "clients.rs").read_text()
+    m = re.search(r'\.set\("auto\.offset\.reset",\s*"(\w+)"\)', text)
+    if not m:
+        raise AssertionError("no auto.offset.reset in src/consumer/reader/clients.rs: has the reader moved?")
+    return m.group(1)

@@ -19,7 +19,9 @@ from kubernetes_validate.utils import SchemaNotFoundError
 from contract import PART_OF, PROJECT_IMAGE
 
 Doc = dict[str, Any]
-CUSTOM_GROUPS = {"kafka.strimzi.io"}
+# API groups of custom resources: each is checked against its operator's CRDs
+# (crd_checks.py), not Kubernetes' own schemas.
+CUSTOM_GROUPS = {"kafka.strimzi.io", "keda.sh", "monitoring.coreos.com"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 WORKLOADS_WITH_TEMPLATE = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 # `kubectl apply` (client side) keeps a copy of each object in an annotation,
@@ -352,6 +354,41 @@ def reference_errors(docs: list[Doc]) -> list[str]:
     return errors
 
 
+def disruption_budget_errors(docs: list[Doc]) -> list[str]:
+    """Each PodDisruptionBudget covers pods of a workload and lets one of them be
+    evicted (else a node drain hangs); no pod falls under two (the eviction API
+    refuses such a pod); every Deployment of the project image has one."""
+    errors = []
+    budgets = find(docs, "PodDisruptionBudget")
+    for w in find(docs, "Deployment") + find(docs, "StatefulSet"):
+        ns, labels = w["metadata"].get("namespace"), template_labels(w)
+        mine = [
+            b
+            for b in budgets
+            if b["metadata"].get("namespace") == ns and label_selector_matches(b["spec"]["selector"], labels)
+        ]
+        if len(mine) > 1:
+            errors.append(f"{ident(w)}: its pods fall under {len(mine)} PodDisruptionBudgets")
+        if not mine and any(is_project(c) for s in pod_specs(w) for c in containers(s)):
+            errors.append(f"{ident(w)}: no PodDisruptionBudget")
+        replicas = w["spec"].get("replicas", 1)
+        for b in mine:
+            spec = b["spec"]
+            if spec.get("maxUnavailable") in (0, "0%") or (
+                isinstance(spec.get("minAvailable"), int) and spec["minAvailable"] >= replicas
+            ):
+                errors.append(f"{ident(b)}: lets no pod of {ident(w)} ({replicas} replicas) be evicted")
+    for b in budgets:
+        ns = b["metadata"].get("namespace")
+        if not any(
+            w["metadata"].get("namespace") == ns
+            and label_selector_matches(b["spec"]["selector"], template_labels(w))
+            for w in workloads(docs)
+        ):
+            errors.append(f"{ident(b)}: selector {b['spec']['selector']} matches no workload's pods")
+    return errors
+
+
 def application_errors(docs: list[Doc]) -> list[str]:
     """The settings agree with the rest: Kafka bootstrap and topics, consumer
     scaling versus partitions, labels, namespaces, object sizes, placeholder secrets."""
@@ -377,6 +414,11 @@ def application_errors(docs: list[Doc]) -> list[str]:
             h["spec"]["maxReplicas"]
             for h in find(docs, "HorizontalPodAutoscaler")
             if h["spec"]["scaleTargetRef"]["name"] == "consumer"
+        ]
+        + [
+            s["spec"].get("maxReplicaCount", 100)  # KEDA's default
+            for s in find(docs, "ScaledObject")
+            if s["spec"]["scaleTargetRef"]["name"] == "consumer"
         ]
         + [d["spec"].get("replicas", 1) for d in find(docs, "Deployment", "consumer")]
     )

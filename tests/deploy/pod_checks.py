@@ -109,15 +109,15 @@ def votestream_container_errors(docs: list[Doc]) -> list[str]:
                 if not is_project(c):
                     continue
                 where = f"{ident(w)}: container {c['name']}"
-                args = c.get("command", [])[1:] + c.get("args", [])
-                sub = args[0] if args else None
-                if sub not in SUBCOMMANDS:
+                sub = subcommand(c)
+                if sub is None:
+                    args = c.get("command", [])[1:] + c.get("args", [])
                     errors.append(f"{where}: runs {args}, not one of the subcommands {sorted(SUBCOMMANDS)}")
                     continue
                 errors += env_errors(where, c, known, docs)
                 env = container_env(docs, c)
                 served = SUBCOMMANDS[sub]
-                http_port = _port_of(env.get(served["http_env"]), served["http_port"])
+                http_port = http_port_of(docs, c)
                 ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
                 if http_port not in ports.values():
                     errors.append(f"{where}: the {sub} HTTP port {http_port} is not a container port")
@@ -145,6 +145,22 @@ def votestream_container_errors(docs: list[Doc]) -> list[str]:
                     if not grpc and served["grpc_port"] in ports.values():
                         errors.append(f"{where}: NO_GRPC is set but the gRPC port is declared")
     return errors
+
+
+def subcommand(c: Doc) -> str | None:
+    """The votestream subcommand a project container runs, if it is a known one."""
+    args = c.get("command", [])[1:] + c.get("args", [])
+    return args[0] if args and args[0] in SUBCOMMANDS else None
+
+
+def http_port_of(docs: list[Doc], c: Doc) -> int | None:
+    """The port a project container serves /healthz, /readyz and /metrics on
+    (its subcommand's default, or the one its address variable sets)."""
+    sub = subcommand(c)
+    if sub is None:
+        return None
+    served = SUBCOMMANDS[sub]
+    return _port_of(container_env(docs, c).get(served["http_env"]), served["http_port"])
 
 
 def _port_of(addr: str | None, default: int) -> int:

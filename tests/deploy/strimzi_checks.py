@@ -1,94 +1,36 @@
 """Checks of the Strimzi custom resources (Kafka, KafkaNodePool, KafkaTopic):
 Strimzi's own CRD schemas (the openAPIV3Schema of each kafka.strimzi.io/v1
 CRD, from the io.strimzi:api test jar: see tools.py), with unknown fields
-rejected as `kubectl apply` does, then what those schemas cannot say: the
-rules Strimzi documents but checks only when it reconciles (storage sizes and
-ids, listener ports, the Kafka settings it manages itself), and that pools and
-topics belong to a Kafka with controllers and brokers enough for the replicas
-asked for.
+rejected as `kubectl apply` does (crd_checks.py), then what those schemas
+cannot say: the rules Strimzi documents but checks only when it reconciles
+(storage sizes and ids, listener ports, the Kafka settings it manages
+itself), and that pools and topics belong to a Kafka with controllers and
+brokers enough for the replicas asked for.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
-
-from manifest_checks import Doc, find, ident, k8s_definition_errors
+from crd_checks import schema_errors
+from manifest_checks import Doc, find, ident
 from tools import strimzi_crds
-from variants import K8S_VERSIONS, STRIMZI_VERSIONS
+from variants import STRIMZI_VERSIONS
 
 GROUP = "kafka.strimzi.io"
-# Kubernetes object names (DNS-1123 subdomain), which the API server enforces.
-DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 # Strimzi's operators act only on the pools and topics labelled with their cluster.
 CLUSTER_LABEL = "strimzi.io/cluster"
 # Documented listener rules: 9404 and 9999 are Prometheus's and JMX's.
 RESERVED_LISTENER_PORTS = {9404, 9999}
 
 
-def _strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """A CRD schema that rejects unknown fields: `kubectl apply` validates strictly
-    (fieldValidation=Strict), so a field the schema lacks is an error unless a
-    node keeps unknown fields (x-kubernetes-preserve-unknown-fields)."""
-    s = dict(schema)
-    if (
-        s.get("type") == "object"
-        and "additionalProperties" not in s
-        and not s.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        s["additionalProperties"] = False
-    if "properties" in s:
-        s["properties"] = {k: _strict(v) for k, v in s["properties"].items()}
-    for key in ("items", "additionalProperties"):
-        if isinstance(s.get(key), dict):
-            s[key] = _strict(s[key])
-    return s
-
-
-@lru_cache(maxsize=None)
-def _validator(strimzi_version: str, kind: str, api_version: str) -> Any:
-    crd = strimzi_crds(strimzi_version).get(kind)
-    if crd is None or crd["spec"]["group"] != GROUP:
-        return None
-    served = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
-    if api_version not in served:
-        return None
-    schema = copy.deepcopy(served[api_version]["schema"]["openAPIV3Schema"])
-    # The API server checks metadata itself (ObjectMeta: see strimzi_schema_errors).
-    schema["properties"]["metadata"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    # OpenAPI 3.0 schemas are JSON Schema draft 4 with extensions.
-    return jsonschema.Draft4Validator(_strict(schema))
-
-
 def strimzi_schema_errors(docs: list[Doc], strimzi_version: str) -> list[str]:
     """Every kafka.strimzi.io resource against the CRD of Strimzi `strimzi_version`
-    (unknown fields rejected), and its metadata against Kubernetes' ObjectMeta."""
-    errors = []
-    for doc in docs:
-        group, _, api_version = doc.get("apiVersion", "").partition("/")
-        if group != GROUP:
-            continue
-        where = f"{ident(doc)} (Strimzi {strimzi_version})"
-        validator = _validator(strimzi_version, doc.get("kind"), api_version)
-        if validator is None:
-            errors.append(f"{where}: Strimzi serves no {doc.get('kind')} in {doc['apiVersion']}")
-            continue
-        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
-            errors.append(f"{where}: {'/'.join(str(p) for p in e.absolute_path)}: {e.message}")
-        meta = doc.get("metadata")
-        if not isinstance(meta, dict) or not DNS_SUBDOMAIN.fullmatch(str(meta.get("name", ""))):
-            errors.append(f"{where}: metadata.name is not a DNS-1123 subdomain")
-        elif len(meta["name"]) > 253:
-            errors.append(f"{where}: metadata.name is longer than 253 characters")
-        else:
-            errors += k8s_definition_errors(
-                meta, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", K8S_VERSIONS[0], f"{where}: metadata"
-            )
-    return errors
+    (unknown fields rejected), and its metadata against Kubernetes' ObjectMeta
+    (crd_checks.py)."""
+    return schema_errors(docs, GROUP, strimzi_version)
 
 
 @lru_cache(maxsize=None)

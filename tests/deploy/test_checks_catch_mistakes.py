@@ -1,8 +1,9 @@
-"""Each check, fed the base with one mistake, reports that mistake: the green
-results of test_manifests.py mean something."""
+"""Each check, fed the base (or an overlay) with one mistake, reports that
+mistake: the green results of test_manifests.py mean something."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
@@ -10,9 +11,11 @@ import pytest
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from variants import STRIMZI_VERSIONS, rendered
+from variants import KEDA_VERSIONS, PROMETHEUS_OPERATOR_VERSIONS, STRIMZI_VERSIONS, rendered
 from contract import ROOT
+from keda_checks import keda_errors, keda_schema_errors
 from manifest_checks import pod_specs
+from monitoring_checks import monitor_errors, prometheus_operator_schema_errors
 from strimzi_checks import strimzi_errors, strimzi_schema_errors
 
 
@@ -20,16 +23,24 @@ def container(docs, kind, name, index=0):
     return pod_specs(mc.find(docs, kind, name)[0])[0]["containers"][index]
 
 
-def mistake(fn):
-    """A function that breaks a fresh copy of the base, returning it."""
+def mistake_in(variant):
+    """A decorator: the function breaks a fresh copy of `variant`, and calling it
+    returns that copy."""
 
-    def make():
-        docs = rendered("base")
-        fn(docs)
-        return docs
+    def decorate(fn):
+        def make():
+            docs = rendered(variant)
+            fn(docs)
+            return docs
 
-    make.__name__ = fn.__name__
-    return make
+        make.__name__ = fn.__name__
+        return make
+
+    return decorate
+
+
+mistake = mistake_in("base")
+keda_mistake = mistake_in("overlays/keda")
 
 
 @mistake
@@ -368,3 +379,322 @@ def test_a_data_source_pointing_elsewhere_is_reported(tmp_path):
         "apiVersion: 1\ndatasources:\n  - name: Redis\n    type: redis-datasource\n    url: redis://127.0.0.1:6379\n"
     )
     assert grafana_checks.grafana_errors(rendered("base"), provisioning) != []
+
+
+# --- KEDA ---------------------------------------------------------------------------
+
+
+def scaled(docs):
+    return mc.find(docs, "ScaledObject", "consumer")[0]
+
+
+def kafka_trigger(docs):
+    return scaled(docs)["spec"]["triggers"][0]
+
+
+@keda_mistake
+def misspelt_scaled_object_field(docs):
+    spec = scaled(docs)["spec"]
+    spec["maxReplicas"] = spec.pop("maxReplicaCount")
+
+
+@keda_mistake
+def string_max_replica_count(docs):
+    scaled(docs)["spec"]["maxReplicaCount"] = "6"
+
+
+@keda_mistake
+def boolean_trigger_metadata(docs):
+    # YAML `false` unquoted: KEDA's metadata values are strings.
+    kafka_trigger(docs)["metadata"]["allowIdleConsumers"] = False
+
+
+@keda_mistake
+def misspelt_autoscaler_config(docs):
+    advanced = scaled(docs)["spec"]["advanced"]
+    advanced["horizontalPodAutoScalerConfig"] = advanced.pop("horizontalPodAutoscalerConfig")
+
+
+@keda_mistake
+def trigger_without_type(docs):
+    del kafka_trigger(docs)["type"]
+
+
+@keda_mistake
+def older_keda_api(docs):
+    scaled(docs)["apiVersion"] = "keda.sh/v1beta1"
+
+
+# Each caught by KEDA's own CRD schema, of every KEDA version checked; with the
+# text the error must hold.
+CAUGHT_BY_KEDAS_CRD = {
+    misspelt_scaled_object_field: "'maxReplicas' was unexpected",
+    string_max_replica_count: "'6' is not of type 'integer'",
+    boolean_trigger_metadata: "False is not of type 'string'",
+    misspelt_autoscaler_config: "'horizontalPodAutoScalerConfig' was unexpected",
+    trigger_without_type: "'type' is a required property",
+    older_keda_api: "serves no ScaledObject in keda.sh/v1beta1",
+}
+
+
+@pytest.mark.parametrize("keda", KEDA_VERSIONS)
+@pytest.mark.parametrize("make", list(CAUGHT_BY_KEDAS_CRD), ids=lambda f: f.__name__)
+def test_kedas_crd_schema_reports_a_mistake(make, keda):
+    errors = keda_schema_errors(make(), keda)
+    assert any(CAUGHT_BY_KEDAS_CRD[make] in e for e in errors), errors
+
+
+@keda_mistake
+def misspelt_trigger_metadata(docs):
+    metadata = kafka_trigger(docs)["metadata"]
+    metadata["consumergroup"] = metadata.pop("consumerGroup")
+
+
+@keda_mistake
+def lag_threshold_not_a_number(docs):
+    kafka_trigger(docs)["metadata"]["lagThreshold"] = "10k"
+
+
+@keda_mistake
+def unknown_offset_reset_policy(docs):
+    kafka_trigger(docs)["metadata"]["offsetResetPolicy"] = "oldest"
+
+
+@keda_mistake
+def idle_consumers_with_partitions_with_lag(docs):
+    kafka_trigger(docs)["metadata"]["allowIdleConsumers"] = "true"
+
+
+@keda_mistake
+def scaled_object_on_missing_deployment(docs):
+    scaled(docs)["spec"]["scaleTargetRef"]["name"] = "consumers"
+
+
+@keda_mistake
+def cpu_autoscaler_kept_beside_keda(docs):
+    docs.append(copy.deepcopy(mc.find(rendered("base"), "HorizontalPodAutoscaler", "consumer")[0]))
+
+
+@keda_mistake
+def more_consumers_than_partitions(docs):
+    scaled(docs)["spec"]["maxReplicaCount"] = 8
+
+
+@keda_mistake
+def another_consumer_group(docs):
+    kafka_trigger(docs)["metadata"]["consumerGroup"] = "votestream"
+
+
+@keda_mistake
+def bootstrap_without_namespace(docs):
+    # Resolves in the consumer's namespace, not in KEDA's.
+    kafka_trigger(docs)["metadata"]["bootstrapServers"] = "votestream-kafka-bootstrap:9092"
+
+
+@keda_mistake
+def lag_counted_from_the_end(docs):
+    # The consumer starts a new group at the earliest offset, so that is its lag.
+    kafka_trigger(docs)["metadata"]["offsetResetPolicy"] = "latest"
+
+
+# Mistakes KEDA's CRD lets through (the trigger's metadata is a map of strings)
+# and the checks of keda_checks.py report.
+CAUGHT_BY_KEDA_CHECKS = [
+    misspelt_trigger_metadata,
+    lag_threshold_not_a_number,
+    unknown_offset_reset_policy,
+    idle_consumers_with_partitions_with_lag,
+    scaled_object_on_missing_deployment,
+    cpu_autoscaler_kept_beside_keda,
+    more_consumers_than_partitions,
+    another_consumer_group,
+    bootstrap_without_namespace,
+    lag_counted_from_the_end,
+]
+
+
+@pytest.mark.parametrize("make", CAUGHT_BY_KEDA_CHECKS, ids=lambda f: f.__name__)
+def test_a_scaled_object_mistake_is_reported(make):
+    docs = make()
+    assert all(keda_schema_errors(docs, v) == [] for v in KEDA_VERSIONS), "the CRD alone catches it"
+    assert keda_errors(docs) != []
+
+
+def test_more_consumers_than_partitions_is_reported_by_the_settings_check_too():
+    assert mc.application_errors(more_consumers_than_partitions()) != []
+
+
+# --- The Prometheus Operator --------------------------------------------------------
+
+
+def pod_monitor(docs, name="consumer"):
+    return mc.find(docs, "PodMonitor", name)[0]
+
+
+# A PrometheusRule as the Prometheus Operator takes it, for the schema helper.
+SAMPLE_RULE = {
+    "apiVersion": "monitoring.coreos.com/v1",
+    "kind": "PrometheusRule",
+    "metadata": {"name": "votestream", "namespace": "votestream", "labels": {"app": "votestream"}},
+    "spec": {
+        "groups": [
+            {
+                "name": "votestream",
+                "rules": [
+                    {
+                        "alert": "VotestreamDeadLetters",
+                        "expr": "increase(votestream_consumer_dlq_records_total[5m]) > 0",
+                        "for": "1m",
+                        "labels": {"severity": "warning"},
+                        "annotations": {"summary": "Records went to votes.dlq"},
+                    }
+                ],
+            }
+        ]
+    },
+}
+
+
+def with_rule(change):
+    rule = copy.deepcopy(SAMPLE_RULE)
+    change(rule["spec"]["groups"][0]["rules"][0])
+    return rendered("base") + [rule]
+
+
+@mistake
+def misspelt_pod_monitor_field(docs):
+    spec = pod_monitor(docs)["spec"]
+    spec["podMetricEndpoints"] = spec.pop("podMetricsEndpoints")
+
+
+@mistake
+def interval_in_words(docs):
+    pod_monitor(docs)["spec"]["podMetricsEndpoints"][0]["interval"] = "15 seconds"
+
+
+@mistake
+def numeric_monitor_port(docs):
+    pod_monitor(docs)["spec"]["podMetricsEndpoints"][0]["port"] = 9100
+
+
+@mistake
+def pod_monitor_without_selector(docs):
+    del pod_monitor(docs)["spec"]["selector"]
+
+
+def misspelt_rule_field():
+    return with_rule(lambda rule: rule.update(expresion=rule.pop("expr")))
+
+
+def numeric_rule_duration():
+    return with_rule(lambda rule: rule.update({"for": 5}))
+
+
+# Each caught by the Prometheus Operator's own CRD schemas; with the text the
+# error must hold.
+CAUGHT_BY_PROMETHEUS_OPERATORS_CRDS = {
+    misspelt_pod_monitor_field: "'podMetricEndpoints' was unexpected",
+    interval_in_words: "does not match",
+    numeric_monitor_port: "9100 is not of type 'string'",
+    pod_monitor_without_selector: "'selector' is a required property",
+    misspelt_rule_field: "'expresion' was unexpected",
+    numeric_rule_duration: "5 is not of type 'string'",
+}
+
+
+@pytest.mark.parametrize("version", PROMETHEUS_OPERATOR_VERSIONS)
+@pytest.mark.parametrize("make", list(CAUGHT_BY_PROMETHEUS_OPERATORS_CRDS), ids=lambda f: f.__name__)
+def test_the_prometheus_operators_crd_schemas_report_a_mistake(make, version):
+    errors = prometheus_operator_schema_errors(make(), version)
+    assert any(CAUGHT_BY_PROMETHEUS_OPERATORS_CRDS[make] in e for e in errors), errors
+
+
+@pytest.mark.parametrize("version", PROMETHEUS_OPERATOR_VERSIONS)
+def test_a_sound_prometheus_rule_passes_the_schema_helper(version):
+    assert prometheus_operator_schema_errors(with_rule(lambda rule: None), version) == []
+
+
+@mistake
+def pod_monitor_selector_typo(docs):
+    pod_monitor(docs)["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] = "consumers"
+
+
+@mistake
+def pod_monitor_on_undeclared_port(docs):
+    pod_monitor(docs, "logs")["spec"]["podMetricsEndpoints"][0]["port"] = "metrics"
+
+
+@mistake
+def pod_monitor_on_another_path(docs):
+    pod_monitor(docs, "ingress")["spec"]["podMetricsEndpoints"][0]["path"] = "/healthz"
+
+
+@mistake
+def process_not_scraped(docs):
+    docs.remove(pod_monitor(docs, "logs"))
+
+
+@mistake
+def process_scraped_twice(docs):
+    twice = copy.deepcopy(pod_monitor(docs))
+    twice["metadata"]["name"] = "votestream"
+    twice["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/part-of": "votestream"}}
+    docs.append(twice)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pod_monitor_selector_typo,
+        pod_monitor_on_undeclared_port,
+        pod_monitor_on_another_path,
+        process_not_scraped,
+        process_scraped_twice,
+    ],
+    ids=lambda f: f.__name__,
+)
+def test_a_scraping_mistake_is_reported(make):
+    assert monitor_errors(make()) != []
+
+
+# --- PodDisruptionBudgets -----------------------------------------------------------
+
+
+@mistake
+def budget_selector_typo(docs):
+    mc.find(docs, "PodDisruptionBudget", "consumer")[0]["spec"]["selector"]["matchLabels"] = {
+        "app.kubernetes.io/name": "consumers"
+    }
+
+
+@mistake
+def budget_that_blocks_every_eviction(docs):
+    spec = mc.find(docs, "PodDisruptionBudget", "logs")[0]["spec"]
+    del spec["maxUnavailable"]
+    spec["minAvailable"] = 2
+
+
+@mistake
+def two_budgets_on_one_pod(docs):
+    twice = copy.deepcopy(mc.find(docs, "PodDisruptionBudget", "consumer")[0])
+    twice["metadata"]["name"] = "consumer-too"
+    docs.append(twice)
+
+
+@mistake
+def deployment_without_budget(docs):
+    docs.remove(mc.find(docs, "PodDisruptionBudget", "ingress-http")[0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        budget_selector_typo,
+        budget_that_blocks_every_eviction,
+        two_budgets_on_one_pod,
+        deployment_without_budget,
+    ],
+    ids=lambda f: f.__name__,
+)
+def test_a_disruption_budget_mistake_is_reported(make):
+    assert mc.disruption_budget_errors(make()) != []

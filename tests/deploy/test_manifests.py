@@ -1,7 +1,9 @@
 """The Kubernetes manifests (deploy/k8s, base and overlays), rendered by
 `kubectl kustomize` as `kubectl apply -k` would, checked offline: Kubernetes'
-own schemas and Strimzi's CRDs with unknown fields rejected, cross-references,
-pod hardening, and agreement with what the votestream binary serves and reads."""
+own schemas and the CRDs of Strimzi, KEDA and the Prometheus Operator with
+unknown fields rejected, cross-references, pod hardening, disruption budgets,
+scraping and autoscaling, and agreement with what the votestream binary
+serves and reads."""
 
 from __future__ import annotations
 
@@ -15,10 +17,22 @@ import yaml
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
-from variants import K8S, K8S_VERSIONS, STRIMZI_VERSIONS, VARIANTS, rendered
+from variants import (
+    K8S,
+    K8S_VERSIONS,
+    KEDA_VERSIONS,
+    PROMETHEUS_OPERATOR_VERSIONS,
+    STRIMZI_VERSIONS,
+    VARIANTS,
+    rendered,
+)
 from contract import PROBE_PATHS, ROOT, grpc_services
+from crd_checks import CRD_SOURCES
+from keda_checks import keda_errors, keda_schema_errors
 from manifest_checks import containers, pod_specs
+from monitoring_checks import monitor_errors, prometheus_operator_schema_errors
 from strimzi_checks import strimzi_errors, strimzi_schema_errors
+from tools import kustomize_build
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -36,10 +50,44 @@ def test_strimzi_resources_follow_the_rules_strimzi_checks_when_reconciling(docs
     assert strimzi_errors(docs) == []
 
 
+def test_every_custom_resource_group_is_checked_against_its_operators_crds():
+    assert set(CRD_SOURCES) == mc.CUSTOM_GROUPS
+
+
+@pytest.mark.parametrize("keda", KEDA_VERSIONS)
+def test_keda_resources_match_kedas_crd_strictly(docs, keda):
+    assert keda_schema_errors(docs, keda) == []
+
+
+def test_scaled_objects_are_ones_keda_accepts_and_its_kafka_scaler_reads(docs):
+    assert keda_errors(docs) == []
+
+
+@pytest.mark.parametrize("version", PROMETHEUS_OPERATOR_VERSIONS)
+def test_monitoring_resources_match_the_prometheus_operators_crds_strictly(docs, version):
+    assert [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")], "no PodMonitor"
+    assert prometheus_operator_schema_errors(docs, version) == []
+
+
+def test_every_votestream_process_is_scraped_once_on_its_metrics_port(docs):
+    assert monitor_errors(docs) == []
+
+
+def test_disruption_budgets_let_pods_go_one_at_a_time(docs):
+    assert mc.disruption_budget_errors(docs) == []
+
+
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "base"])
 def test_every_targeted_patch_of_an_overlay_selects_a_resource(variant):
-    kustomization = yaml.safe_load((K8S / variant / "kustomization.yaml").read_text())
-    assert mc.patch_target_errors(kustomization, rendered(variant)) == []
+    folder = K8S / variant
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    # Patches apply to what the overlay's resources render (a patch may delete
+    # what it selects, so the overlay's own output will not do).
+    inputs = []
+    for resource in kustomization.get("resources", []):
+        path = folder / resource
+        inputs += kustomize_build(path) if path.is_dir() else list(yaml.safe_load_all(path.read_text()))
+    assert mc.patch_target_errors(kustomization, inputs) == []
 
 
 def test_every_reference_resolves(docs):
@@ -102,6 +150,33 @@ def test_the_base_holds_every_component_of_the_deployment(base):
     )
     assert mc.generated_name(base, "ConfigMap", "votestream-config")
     assert mc.generated_name(base, "Secret", "votestream-secrets")
+
+
+def test_the_base_scales_the_consumer_on_cpu_and_the_keda_overlay_on_its_groups_lag():
+    base, keda = rendered("base"), rendered("overlays/keda")
+    assert mc.find(base, "HorizontalPodAutoscaler", "consumer") and not mc.find(base, "ScaledObject")
+    assert not mc.find(keda, "HorizontalPodAutoscaler"), "KEDA's HPA would fight the base's"
+    (scaled,) = mc.find(keda, "ScaledObject")
+    ref = scaled["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", "consumer")
+    assert mc.find(keda, "Deployment", "consumer")
+
+    conf = mc.settings(keda)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == conf["CONSUMER_GROUP"]
+    assert trigger["metadata"]["topic"] == conf["VOTES_TOPIC"]
+    (votes,) = [t for t in mc.find(keda, "KafkaTopic") if mc.topic_name(t) == conf["VOTES_TOPIC"]]
+    assert scaled["spec"]["maxReplicaCount"] <= votes["spec"]["partitions"]
+    assert trigger["metadata"]["allowIdleConsumers"] == "false"
+    assert scaled["spec"]["minReplicaCount"] >= 2, "one consumer keeps counting while another restarts"
+
+
+def test_the_base_scrapes_and_budgets_every_votestream_deployment(base):
+    monitors = {m["metadata"]["name"] for m in mc.find(base, "PodMonitor")}
+    assert monitors == {"ingress", "consumer", "logs"}
+    budgets = {b["metadata"]["name"] for b in mc.find(base, "PodDisruptionBudget")}
+    assert budgets == {"ingress-grpc", "ingress-http", "consumer", "logs"}
 
 
 def test_each_ingress_deployment_serves_one_protocol(base):

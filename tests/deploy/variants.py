@@ -1,7 +1,7 @@
-"""The rendered kustomizations and the Kubernetes and Strimzi versions the
-manifests are validated against. A module of its own, not conftest.py, so
-that test modules can import it while another test folder has a conftest.py
-too."""
+"""The rendered kustomizations and the Kubernetes, Strimzi, KEDA and
+Prometheus Operator versions the manifests are validated against. A module of
+its own, not conftest.py, so that test modules can import it while another
+test folder has a conftest.py too."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import copy
 import kubernetes_validate
 
 from contract import ROOT
-from tools import STRIMZI_API_TEST_JARS, kustomize_build
+from tools import KEDA_FILES, PROMETHEUS_OPERATOR_FILES, STRIMZI_API_TEST_JARS, kustomize_build
 
 K8S = ROOT / "deploy" / "k8s"
 # The base and every overlay.
@@ -22,6 +22,11 @@ K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 # its last patch) and of the newest release whose io.strimzi:api test jar
 # ships them (tools.py).
 STRIMZI_VERSIONS = sorted(STRIMZI_API_TEST_JARS, key=lambda v: tuple(int(x) for x in v.split(".")))
+# KEDA's CRDs: of the oldest release tested on the oldest Kubernetes above
+# (2.15: 1.28 to 1.30) and of the newest its Go module is served at (tools.py).
+KEDA_VERSIONS = sorted(KEDA_FILES, key=lambda v: tuple(int(x) for x in v[1:].split(".")))
+# The Prometheus Operator's CRDs: the one version served (tools.py).
+PROMETHEUS_OPERATOR_VERSIONS = sorted(PROMETHEUS_OPERATOR_FILES)
 
 _rendered: dict[str, list] = {}
 
