@@ -113,7 +113,7 @@ def keda_errors(docs: list[Doc]) -> list[str]:
         for i, trigger in enumerate(spec["triggers"]):
             if trigger["type"] == "kafka":
                 errors += kafka_trigger_errors(f"{where}: trigger {i}", trigger["metadata"])
-        if kind == "Deployment" and ref["name"] == "consumer":
+        if kind in ("Deployment", "StatefulSet") and ref["name"] == "consumer":
             errors += _consumer_trigger_errors(docs, so)
     return errors
 

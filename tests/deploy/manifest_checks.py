@@ -420,7 +420,7 @@ def application_errors(docs: list[Doc]) -> list[str]:
             for s in find(docs, "ScaledObject")
             if s["spec"]["scaleTargetRef"]["name"] == "consumer"
         ]
-        + [d["spec"].get("replicas", 1) for d in find(docs, "Deployment", "consumer")]
+        + [d["spec"].get("replicas", 1) for d in find(docs, "StatefulSet", "consumer")]
     )
     for var in ("VOTES_TOPIC", "DLQ_TOPIC"):
         name = conf.get(var)

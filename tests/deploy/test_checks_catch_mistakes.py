@@ -45,7 +45,7 @@ keda_mistake = mistake_in("overlays/keda")
 
 @mistake
 def misspelt_container_field(docs):
-    c = container(docs, "Deployment", "consumer")
+    c = container(docs, "StatefulSet", "consumer")
     c["readinesProbe"] = c.pop("readinessProbe")
 
 
@@ -215,7 +215,7 @@ def missing_configmap(docs):
 
 @mistake
 def missing_secret_key(docs):
-    env = container(docs, "Deployment", "consumer")["env"]
+    env = container(docs, "StatefulSet", "consumer")["env"]
     next(e for e in env if e["name"] == "REDIS_URL")["valueFrom"]["secretKeyRef"]["key"] = "REDIS_URI"
 
 
@@ -237,7 +237,7 @@ def probe_on_unserved_path(docs):
 
 @mistake
 def probe_on_wrong_port(docs):
-    container(docs, "Deployment", "consumer")["readinessProbe"]["httpGet"]["port"] = 8080
+    container(docs, "StatefulSet", "consumer")["readinessProbe"]["httpGet"]["port"] = 8080
 
 
 @mistake
@@ -254,13 +254,13 @@ def variable_the_binary_does_not_read(docs):
 
 @mistake
 def expansion_before_definition(docs):
-    env = container(docs, "Deployment", "consumer")["env"]
+    env = container(docs, "StatefulSet", "consumer")["env"]
     env.insert(0, env.pop(next(i for i, e in enumerate(env) if e["name"] == "MONGODB_URI")))
 
 
 @mistake
 def unknown_subcommand(docs):
-    container(docs, "Deployment", "consumer")["args"] = ["consume"]
+    container(docs, "StatefulSet", "consumer")["args"] = ["consume"]
 
 
 @mistake
@@ -285,7 +285,7 @@ def no_memory_limit(docs):
 
 @mistake
 def short_grace_period(docs):
-    pod_specs(mc.find(docs, "Deployment", "consumer")[0])[0]["terminationGracePeriodSeconds"] = 5
+    pod_specs(mc.find(docs, "StatefulSet", "consumer")[0])[0]["terminationGracePeriodSeconds"] = 5
 
 
 @mistake

@@ -136,8 +136,13 @@ def test_the_base_holds_every_component_of_the_deployment(base):
     plugin_install = " ".join(" ".join(c.get("command", [])) for c in containers(pod_specs(grafana)[0]))
     assert "redis-datasource" in plugin_install
 
-    consumer = one("Deployment", "consumer")
+    consumer = one("StatefulSet", "consumer")
     assert consumer["spec"]["replicas"] == 2
+    # Static group membership: each pod's stable name is its group member name.
+    env = {e["name"]: e for e in containers(pod_specs(consumer)[0])[0]["env"]}
+    assert env["GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert int(env["SESSION_TIMEOUT_MS"]["value"]) >= 30_000
+    assert one("Service", consumer["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
     hpa = one("HorizontalPodAutoscaler", "consumer")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
 
@@ -158,8 +163,8 @@ def test_the_base_scales_the_consumer_on_cpu_and_the_keda_overlay_on_its_groups_
     assert not mc.find(keda, "HorizontalPodAutoscaler"), "KEDA's HPA would fight the base's"
     (scaled,) = mc.find(keda, "ScaledObject")
     ref = scaled["spec"]["scaleTargetRef"]
-    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", "consumer")
-    assert mc.find(keda, "Deployment", "consumer")
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "StatefulSet", "consumer")
+    assert mc.find(keda, "StatefulSet", "consumer")
 
     conf = mc.settings(keda)
     (trigger,) = scaled["spec"]["triggers"]
