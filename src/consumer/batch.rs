@@ -52,6 +52,14 @@ impl Batch {
     }
 }
 
+/// Whether the writes in flight leave room for an eager batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sinks {
+    /// Fewer batches in flight than the sinks write at once.
+    Idle,
+    Busy,
+}
+
 /// Collects entries until a batch is due: full by count, old enough by time,
 /// or, adaptively, as soon as the reader has nothing more ready while the
 /// sinks are idle enough. A trickle of votes then leaves at once instead of
@@ -100,10 +108,12 @@ impl Batcher {
         self.is_full() || self.deadline().is_some_and(|d| now >= d)
     }
 
-    /// Due, or holding something while no further record is ready to read
-    /// and the sinks are `idle` (few enough writes in flight).
-    pub fn should_leave(&self, now: Instant, more_ready: bool, idle: bool) -> bool {
-        self.is_due(now) || (!more_ready && idle && !self.is_empty())
+    /// Asked when no further record is ready to read: whether the batch
+    /// leaves now. It does when due, or when it holds something and the
+    /// sinks are idle (few enough writes in flight); while records are ready
+    /// the reader takes them first, so a backlog fills batches to the brim.
+    pub fn should_leave(&self, now: Instant, sinks: Sinks) -> bool {
+        self.is_due(now) || (sinks == Sinks::Idle && !self.is_empty())
     }
 
     /// Keeps only the entries `keep` accepts (after a partition was revoked).
@@ -192,11 +202,11 @@ mod tests {
     fn a_trickle_leaves_at_once_when_nothing_more_is_ready() {
         let now = Instant::now();
         let mut b = Batcher::new(1_000, Duration::from_millis(50));
-        assert!(!b.should_leave(now, false, true), "an empty batch never leaves");
+        assert!(!b.should_leave(now, Sinks::Idle), "an empty batch never leaves");
         b.push(entry(0, 0), now);
         assert!(!b.is_due(now));
         assert!(
-            b.should_leave(now, false, true),
+            b.should_leave(now, Sinks::Idle),
             "one vote and nothing behind it: it leaves now"
         );
     }
@@ -207,10 +217,10 @@ mod tests {
         let mut b = Batcher::new(1_000, Duration::from_millis(50));
         b.push(entry(0, 0), now);
         b.push(entry(0, 1), now);
-        assert!(!b.should_leave(now, false, false), "writes in flight: keep collecting");
-        assert!(b.should_leave(now, false, true), "the sinks caught up: it leaves");
+        assert!(!b.should_leave(now, Sinks::Busy), "writes in flight: keep collecting");
+        assert!(b.should_leave(now, Sinks::Idle), "the sinks caught up: it leaves");
         assert!(
-            b.should_leave(now + Duration::from_millis(50), false, false),
+            b.should_leave(now + Duration::from_millis(50), Sinks::Busy),
             "the age limit holds whatever the sinks do"
         );
     }
@@ -219,12 +229,14 @@ mod tests {
     fn a_backlog_forms_full_batches() {
         let now = Instant::now();
         let mut b = Batcher::new(1_000, Duration::from_millis(50));
+        // While records are ready the reader takes them without asking: the
+        // batch is not due until it is full, whatever the sinks do.
         for offset in 0..999 {
             b.push(entry(0, offset), now);
-            assert!(!b.should_leave(now, true, true), "more records are ready: keep filling");
+            assert!(!b.is_due(now), "more records are ready: keep filling");
         }
         b.push(entry(0, 999), now);
-        assert!(b.should_leave(now, true, true));
+        assert!(b.is_due(now) && b.should_leave(now, Sinks::Busy));
         assert_eq!(b.take(1, "votes", |_, _| None).entries.len(), 1_000);
     }
 

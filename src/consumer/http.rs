@@ -9,7 +9,7 @@ use actix_web::{App, HttpServer, web};
 use prometheus_client::registry::Registry;
 
 use super::metrics::ConsumerMetrics;
-use crate::ops::{self, Dependency, Probes, Readiness};
+use crate::ops::{self, Probes, Readiness};
 
 struct AppState {
     metrics: Arc<ConsumerMetrics>,
@@ -18,12 +18,7 @@ struct AppState {
 
 impl Probes for AppState {
     async fn readiness(&self) -> Readiness {
-        let (kafka, redis, mongo) = self.metrics.ready();
-        Readiness::of([
-            (Dependency::Kafka, kafka),
-            (Dependency::Redis, redis),
-            (Dependency::Mongodb, mongo),
-        ])
+        self.metrics.readiness()
     }
 
     fn registry(&self) -> &Registry {

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::ops::{Dependency, Readiness};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
     pub sink: &'static str,
@@ -133,12 +135,14 @@ impl ConsumerMetrics {
         flag.store(up, Ordering::Relaxed);
     }
 
-    pub fn ready(&self) -> (bool, bool, bool) {
-        (
-            self.kafka_up.load(Ordering::Relaxed),
-            self.redis_up.load(Ordering::Relaxed),
-            self.mongo_up.load(Ordering::Relaxed),
-        )
+    /// Whether each connection the consumer needs is up, by dependency.
+    pub fn readiness(&self) -> Readiness {
+        let up = |flag: &AtomicBool| flag.load(Ordering::Relaxed);
+        Readiness::of([
+            (Dependency::Kafka, up(&self.kafka_up)),
+            (Dependency::Redis, up(&self.redis_up)),
+            (Dependency::Mongodb, up(&self.mongo_up)),
+        ])
     }
 }
 

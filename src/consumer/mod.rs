@@ -54,8 +54,23 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Binds the HTTP listener (`/healthz`, `/readyz`, `/metrics`); starts nothing yet.
+    /// Checks the settings and binds the HTTP listener (`/healthz`, `/readyz`,
+    /// `/metrics`); starts nothing yet.
     pub fn build(settings: ConsumerSettings) -> anyhow::Result<Consumer> {
+        let c = &settings.consumer;
+        anyhow::ensure!(c.batch_max_records >= 1, "--batch-max-records must be at least 1");
+        anyhow::ensure!(c.mailbox_capacity >= 1, "--mailbox-capacity must be at least 1");
+        anyhow::ensure!(c.mongo_writers >= 1, "--mongo-writers must be at least 1");
+        anyhow::ensure!(
+            c.restart_backoff_min_ms <= c.restart_backoff_max_ms,
+            "--restart-backoff-min-ms ({}) must not exceed --restart-backoff-max-ms ({})",
+            c.restart_backoff_min_ms,
+            c.restart_backoff_max_ms
+        );
+        anyhow::ensure!(
+            c.group_instance_id.as_ref().is_none_or(|id| !id.trim().is_empty()),
+            "--group-instance-id must not be blank"
+        );
         let wanted = settings.consumer.consumer_http_addr;
         let listener = TcpListener::bind(wanted).with_context(|| format!("binding {wanted}"))?;
         let addr = listener.local_addr()?;
@@ -147,4 +162,40 @@ async fn serve(
     server_handle.stop(true).await;
     tracing::info!("consumer stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn built(flags: &[&str]) -> anyhow::Result<Consumer> {
+        let args = ["votestream", "consumer", "--consumer-http-addr", "127.0.0.1:0"];
+        let cli = Cli::try_parse_from(args.iter().chain(flags)).expect("flags parse");
+        let Command::Consumer(settings) = cli.command else {
+            panic!("consumer settings");
+        };
+        Consumer::build(settings)
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        for (flags, named) in [
+            (&["--batch-max-records", "0"][..], "--batch-max-records"),
+            (&["--mailbox-capacity", "0"], "--mailbox-capacity"),
+            (&["--mongo-writers", "0"], "--mongo-writers"),
+            (
+                &["--restart-backoff-min-ms", "900", "--restart-backoff-max-ms", "100"],
+                "--restart-backoff-min-ms",
+            ),
+            (&["--group-instance-id", " "], "--group-instance-id"),
+        ] {
+            let error = built(flags).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(named), "{flags:?}: {error:?}");
+        }
+        let consumer = built(&[]).expect("the defaults build");
+        assert_ne!(consumer.addr().port(), 0, "port 0 picks a free port");
+    }
 }

@@ -113,7 +113,8 @@ impl VoteService for VoteApi {
     }
 }
 
-/// The vote service, counting the requests its codec could not decode.
+/// The vote service, counting the requests refused before any handler ran:
+/// a message the codec could not decode, or one over the size limit.
 #[derive(Clone)]
 struct CountMalformed {
     votes: VoteServiceServer<VoteApi>,
@@ -139,8 +140,14 @@ impl Service<http::Request<Body>> for CountMalformed {
         Box::pin(async move {
             let response = reply.await?;
             // tonic keeps the status it answered with in the response's extensions.
-            if response.extensions().get::<Status>().is_some_and(codec::is_malformed) {
-                intake.metrics().request_refused(Route::Grpc, "malformed_protobuf");
+            if let Some(status) = response.extensions().get::<Status>() {
+                if codec::is_malformed(status) {
+                    intake.metrics().request_refused(Route::Grpc, "malformed_protobuf");
+                } else if status.code() == tonic::Code::OutOfRange {
+                    // tonic's answer to a message over --grpc-max-message-bytes
+                    // (the handlers never answer OUT_OF_RANGE).
+                    intake.metrics().request_refused(Route::Grpc, "message_too_large");
+                }
             }
             Ok(response)
         })

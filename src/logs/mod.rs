@@ -196,6 +196,13 @@ async fn results(state: web::Data<State>) -> Result<HttpResponse, LogsError> {
 impl Probes for State {
     async fn readiness(&self) -> Readiness {
         let (mongo, redis) = tokio::join!(self.store.ping(), self.standings.ping());
+        // Why goes to the log; the probe's answer names only what is down.
+        if let Err(error) = &mongo {
+            tracing::warn!(?error, "not ready: MongoDB does not answer");
+        }
+        if let Err(error) = &redis {
+            tracing::warn!(?error, "not ready: Redis does not answer");
+        }
         Readiness::of([(Dependency::Mongodb, mongo.is_ok()), (Dependency::Redis, redis.is_ok())])
     }
 

@@ -213,8 +213,20 @@ mod tests {
     #[test]
     fn keys_follow_the_design_with_the_prefix_in_front() {
         let k = RedisKeys::new("t1:");
-        assert_eq!(k.total, "t1:votes:total");
-        assert_eq!(k.offsets, "t1:consumer:offsets");
+        assert_eq!(
+            k.script_keys(),
+            [
+                "t1:votes:total",
+                "t1:votes:by_band",
+                "t1:votes:by_album",
+                "t1:votes:by_route",
+                "t1:rank:sum_by_album",
+                "t1:rank:avg_by_album",
+                "t1:votes:timeline",
+                "t1:consumer:offsets",
+                "t1:logs:tail",
+            ]
+        );
         assert_eq!(RedisKeys::new("").rank_avg_by_album, "rank:avg_by_album");
     }
 
@@ -265,6 +277,29 @@ mod tests {
         ] {
             assert!(ApplyReply::parse(&s(odd)).is_err(), "{odd:?}");
         }
+    }
+
+    #[test]
+    fn the_script_names_its_keys_in_the_order_they_are_passed() {
+        let keys = RedisKeys::new("");
+        let names =
+            "total, by_band, by_album, by_route, rank_sum_by_album, rank_avg_by_album, timeline, offsets, logs_tail";
+        let fields = [
+            &keys.total,
+            &keys.by_band,
+            &keys.by_album,
+            &keys.by_route,
+            &keys.rank_sum_by_album,
+            &keys.rank_avg_by_album,
+            &keys.timeline,
+            &keys.offsets,
+            &keys.logs_tail,
+        ];
+        assert_eq!(keys.script_keys().to_vec(), fields.map(String::as_str).to_vec());
+        assert!(
+            include_str!("apply.lua").contains(&format!("local {names} = unpack(KEYS)")),
+            "apply.lua must name KEYS as: {names}"
+        );
     }
 
     #[test]

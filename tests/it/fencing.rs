@@ -11,7 +11,7 @@ use votestream::consumer::ConsumerMetrics;
 use votestream::consumer::RedisWriter;
 use votestream::consumer::{Batch, Entry, PartitionRange, SharedBatch};
 use votestream::consumer::{Sink, SinkError, WriteFailure};
-use votestream::schema::redis::RedisKeys;
+use votestream::schema::redis::{LOGS_TAIL_FIELD, RedisKeys, offsets_field};
 use votestream::stores::STORE_TIMEOUT;
 use votestream::stores::redis_pool;
 use votestream::vote::{Route, Rules, Vote};
@@ -75,7 +75,7 @@ impl Fixture {
             .unwrap();
         let offset: String = redis::cmd("HGET")
             .arg(&self.keys.offsets)
-            .arg("votes/0")
+            .arg(offsets_field("votes", 0))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -100,7 +100,8 @@ impl Fixture {
         entries
             .into_iter()
             .flat_map(|(_, fields)| {
-                let items: Vec<serde_json::Value> = serde_json::from_str(&fields[0].1).unwrap();
+                let (_, logs) = fields.iter().find(|(name, _)| name == LOGS_TAIL_FIELD).unwrap();
+                let items: Vec<serde_json::Value> = serde_json::from_str(logs).unwrap();
                 items.into_iter().map(|item| item["id"].as_str().unwrap().to_owned())
             })
             .collect()
@@ -160,7 +161,7 @@ async fn a_batch_that_redis_is_behind_on_is_refused_as_a_gap() {
     f.clean().await;
     match refused {
         Err(WriteFailure::Refused(SinkError::Gap { field, stored })) => {
-            assert_eq!((field.as_str(), stored), ("votes/0", -1))
+            assert_eq!((field, stored), (offsets_field("votes", 0), -1))
         }
         other => panic!("expected a gap, got {other:?}"),
     }

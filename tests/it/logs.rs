@@ -112,12 +112,15 @@ impl TestApp {
     /// stream the live page reads.
     pub async fn count(&self, logs: &[LogDocument]) {
         self.insert(logs).await;
-        let items: Vec<String> = logs.iter().map(item_of).collect();
+        let items: Vec<_> = logs
+            .iter()
+            .map(|log| log.clone().entry().expect("a valid log"))
+            .collect();
         let _: String = redis::cmd("XADD")
             .arg(RedisKeys::new(&self.prefix).logs_tail)
             .arg("*")
             .arg(schema::redis::LOGS_TAIL_FIELD)
-            .arg(format!("[{}]", items.join(",")))
+            .arg(serde_json::to_string(&items).expect("the tail entry"))
             .query_async(&mut self.redis().await)
             .await
             .expect("XADD to the live tail");
@@ -189,11 +192,6 @@ pub fn log(id: &str, received_at_ms: i64, band: &str, album: &str, route: &str) 
         partition: 0,
         offset: 0,
     }
-}
-
-/// The live-tail item (the `/logs` JSON item) of a log document.
-pub fn item_of(log: &LogDocument) -> String {
-    serde_json::to_string(&log.clone().entry().expect("a valid log")).expect("item")
 }
 
 pub fn new_id() -> String {

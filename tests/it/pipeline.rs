@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use votestream::schema::redis::RedisKeys;
 
 use chrono::Utc;
 use deadpool_redis::redis;
@@ -139,7 +140,7 @@ impl World {
             return -1;
         };
         let total: Option<i64> = redis::cmd("GET")
-            .arg(format!("{}votes:total", self.prefix))
+            .arg(RedisKeys::new(&self.prefix).total)
             .query_async(&mut conn)
             .await
             .unwrap_or(None);
@@ -334,7 +335,7 @@ pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecor
     let mut conn = world.redis().await;
     let p = &world.prefix;
     let total: i64 = redis::cmd("GET")
-        .arg(format!("{p}votes:total"))
+        .arg(RedisKeys::new(p).total)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -350,28 +351,28 @@ pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecor
         m.into_iter().map(|(k, v)| (k, v.parse().unwrap())).collect()
     };
     assert_eq!(
-        ints(hash(format!("{p}votes:by_band")).await),
+        ints(hash(RedisKeys::new(p).by_band).await),
         expected.by_band,
         "votes:by_band"
     );
     assert_eq!(
-        ints(hash(format!("{p}votes:by_album")).await),
+        ints(hash(RedisKeys::new(p).by_album).await),
         expected.by_album,
         "votes:by_album"
     );
     assert_eq!(
-        ints(hash(format!("{p}votes:by_route")).await),
+        ints(hash(RedisKeys::new(p).by_route).await),
         expected.by_route,
         "votes:by_route"
     );
-    let sums: HashMap<String, f64> = hash(format!("{p}rank:sum_by_album"))
+    let sums: HashMap<String, f64> = hash(RedisKeys::new(p).rank_sum_by_album)
         .await
         .into_iter()
         .map(|(k, v)| (k, v.parse().unwrap()))
         .collect();
     assert_eq!(sums, expected.rank_sum, "rank:sum_by_album");
     assert_eq!(
-        hash(format!("{p}rank:avg_by_album")).await,
+        hash(RedisKeys::new(p).rank_avg_by_album).await,
         expected.averages(),
         "rank:avg_by_album"
     );

@@ -72,7 +72,7 @@ pub async fn produce_with(producer: &VoteProducer, records: &[VoteRecord]) -> an
 pub async fn consume(stack: &Stack, topic: &str) -> anyhow::Result<f64> {
     let ends = stack.high_watermarks(topic)?;
     let total: i64 = ends.values().sum();
-    // The reader's fetch settings (src/consumer/reader.rs); no group join: partitions are assigned.
+    // The reader's fetch settings (src/consumer/reader/clients.rs); no group join: partitions are assigned.
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &stack.brokers)
         .set("group.id", crate::stack::unique("raw-consume"))

@@ -23,7 +23,7 @@ use super::ReaderConfig;
 use super::clients::{DeadLetters, VotesConsumer, votes_consumer};
 use super::partitions::Partitions;
 use super::throttle::Throttle;
-use crate::consumer::batch::{Batcher, Entry, SharedBatch};
+use crate::consumer::batch::{Batcher, Entry, SharedBatch, Sinks};
 use crate::consumer::metrics::ConsumerMetrics;
 use crate::consumer::mongo_sink::MongoLogger;
 use crate::consumer::rebalance::Rebalanced;
@@ -32,10 +32,10 @@ use crate::consumer::sink::{SinkError, WriteBatch, Written};
 use crate::vote::VoteRecord;
 
 /// Offsets are committed at most this often: with adaptive batching a trickle
-/// of votes makes many small batches, and a commit per batch (a hundred a
-/// second) kept the group coordinator so busy that heartbeats timed out.
-/// A later commit covers the earlier ones; a crash replays at most this much
-/// more, which the Redis fence and the logs' `_id` make harmless.
+/// of votes makes many small batches, and a commit for each would keep the
+/// group coordinator busy enough to delay heartbeats. A later commit covers
+/// the earlier ones; a crash replays at most this much more, which the Redis
+/// fence and the logs' `_id` make harmless.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
@@ -151,8 +151,12 @@ impl ReadLoop {
             self.received(consumer, dlq, st, received).await;
             return true;
         }
-        let idle = st.in_flight.len() < self.config.eager_in_flight;
-        if st.batcher.should_leave(now, false, idle) {
+        let sinks = if st.in_flight.len() < self.config.eager_in_flight {
+            Sinks::Idle
+        } else {
+            Sinks::Busy
+        };
+        if st.batcher.should_leave(now, sinks) {
             self.dispatch(st);
             return true;
         }

@@ -5,8 +5,8 @@
 //! librdkafka prefetched wait for the reader. Only a long one (a sink is down)
 //! pauses the partitions, and then the consumer is polled again, so it stays
 //! in its group. Pausing drops the prefetched records and resuming fetches
-//! them again: paused for every wait, a 1M backlog drained at 5k votes/s
-//! instead of 20k in release.
+//! them again, so pausing on every short wait would cost a drain most of
+//! its speed (BENCHMARKS.md).
 
 use std::time::Duration;
 

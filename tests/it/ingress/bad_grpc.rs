@@ -167,6 +167,9 @@ async fn grpc_limits_get_precise_errors_and_the_next_vote_succeeds() {
         "tonic's code for an oversized message: {status:?}"
     );
     still_serving(&mut grpc, &mut accepted).await;
+    let (_, metrics) = ingress.get("/metrics").await;
+    let refused = r#"votestream_ingress_requests_refused_total{route="grpc",reason="message_too_large"} 1"#;
+    assert!(metrics.contains(refused), "missing {refused} in\n{metrics}");
 
     let reply = grpc.cast_votes(batch(3)).await.expect("a full batch").into_inner();
     assert_eq!(reply.accepted, 3);

@@ -7,6 +7,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use votestream::schema::redis::RedisKeys;
 
 use chrono::Utc;
 use deadpool_redis::redis;
@@ -144,9 +145,9 @@ async fn the_page_shows_the_last_20_logs_then_a_new_vote_live_with_a_script_band
     let p = app.prefix.clone();
     let mut conn = app.redis().await;
     let _: () = redis::pipe()
-        .set(format!("{p}votes:total"), 26)
+        .set(RedisKeys::new(&p).total, 26)
         .hset_multiple(
-            format!("{p}votes:by_band"),
+            RedisKeys::new(&p).by_band,
             &[
                 (BANDS[0].0, 5),
                 (BANDS[1].0, 5),
@@ -156,9 +157,13 @@ async fn the_page_shows_the_last_20_logs_then_a_new_vote_live_with_a_script_band
                 (SCRIPT_BAND, 1),
             ],
         )
-        .hset_multiple(format!("{p}votes:by_album"), &[("Alux Nahual / Alux Nahual", 5)])
-        .hset(format!("{p}rank:avg_by_album"), "Alux Nahual / Alux Nahual", "7.50")
-        .hset_multiple(format!("{p}votes:by_route"), &[("grpc", 13), ("http", 13)])
+        .hset_multiple(RedisKeys::new(&p).by_album, &[("Alux Nahual / Alux Nahual", 5)])
+        .hset(
+            RedisKeys::new(&p).rank_avg_by_album,
+            "Alux Nahual / Alux Nahual",
+            "7.50",
+        )
+        .hset_multiple(RedisKeys::new(&p).by_route, &[("grpc", 13), ("http", 13)])
         .query_async(&mut conn)
         .await
         .expect("standings written");

@@ -2,6 +2,7 @@
 //! keys"), under the test's own prefix.
 
 use std::collections::HashMap;
+use votestream::schema::redis::RedisKeys;
 
 use deadpool_redis::redis;
 use reqwest::StatusCode;
@@ -14,9 +15,9 @@ async fn results_equal_the_redis_hashes() {
     let p = &app.prefix;
     let mut conn = app.redis().await;
     let _: () = redis::pipe()
-        .set(format!("{p}votes:total"), 10)
+        .set(RedisKeys::new(p).total, 10)
         .hset_multiple(
-            format!("{p}votes:by_band"),
+            RedisKeys::new(p).by_band,
             &[
                 ("Alux Nahual", 4),
                 ("Bohemia Suburbana", 5),
@@ -24,7 +25,7 @@ async fn results_equal_the_redis_hashes() {
             ],
         )
         .hset_multiple(
-            format!("{p}votes:by_album"),
+            RedisKeys::new(p).by_album,
             &[
                 ("Alux Nahual / Fiebre", 4),
                 ("Bohemia Suburbana / Bohemia Suburbana", 5),
@@ -32,7 +33,7 @@ async fn results_equal_the_redis_hashes() {
             ],
         )
         .hset_multiple(
-            format!("{p}rank:sum_by_album"),
+            RedisKeys::new(p).rank_sum_by_album,
             &[
                 ("Alux Nahual / Fiebre", "29"),
                 ("Bohemia Suburbana / Bohemia Suburbana", "40.5"),
@@ -40,14 +41,14 @@ async fn results_equal_the_redis_hashes() {
             ],
         )
         .hset_multiple(
-            format!("{p}rank:avg_by_album"),
+            RedisKeys::new(p).rank_avg_by_album,
             &[
                 ("Alux Nahual / Fiebre", "7.25"),
                 ("Bohemia Suburbana / Bohemia Suburbana", "8.10"),
                 ("<script>alert(1)</script> / x", "3.00"),
             ],
         )
-        .hset_multiple(format!("{p}votes:by_route"), &[("grpc", 6), ("http", 4)])
+        .hset_multiple(RedisKeys::new(p).by_route, &[("grpc", 6), ("http", 4)])
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -56,7 +57,7 @@ async fn results_equal_the_redis_hashes() {
     assert_eq!(status, StatusCode::OK, "{results}");
 
     let total: i64 = redis::cmd("GET")
-        .arg(format!("{p}votes:total"))
+        .arg(RedisKeys::new(p).total)
         .query_async(&mut conn)
         .await
         .unwrap();
