@@ -14,32 +14,32 @@ use crate::ops::{Dependency, Readiness};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
-    pub sink: &'static str,
+    pub(crate) sink: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActorLabel {
-    pub actor: &'static str,
+    pub(crate) actor: &'static str,
 }
 
 pub struct ConsumerMetrics {
-    pub records_read: Counter,
-    pub batches_applied: Family<SinkLabel, Counter>,
-    pub votes_applied: Counter,
-    pub batch_size: Histogram,
-    pub apply_seconds: Family<SinkLabel, Histogram>,
-    pub dlq_records: Counter,
-    pub actor_restarts: Family<ActorLabel, Counter>,
-    pub rewinds: Counter,
-    pub consumer_lag: Gauge,
-    pub end_to_end_seconds: Histogram,
-    pub in_flight_batches: Gauge,
-    pub partitions_assigned: Counter,
-    pub partitions_revoked: Counter,
-    pub partitions_owned: Gauge,
-    pub kafka_up: AtomicBool,
-    pub redis_up: AtomicBool,
-    pub mongo_up: AtomicBool,
+    pub(crate) records_read: Counter,
+    pub(crate) batches_applied: Family<SinkLabel, Counter>,
+    pub(crate) votes_applied: Counter,
+    pub(crate) batch_size: Histogram,
+    pub(crate) apply_seconds: Family<SinkLabel, Histogram>,
+    pub(crate) dlq_records: Counter,
+    pub(crate) actor_restarts: Family<ActorLabel, Counter>,
+    pub(crate) rewinds: Counter,
+    pub(crate) consumer_lag: Gauge,
+    pub(crate) end_to_end_seconds: Histogram,
+    pub(crate) in_flight_batches: Gauge,
+    pub(crate) partitions_assigned: Counter,
+    pub(crate) partitions_revoked: Counter,
+    pub(crate) partitions_owned: Gauge,
+    pub(crate) kafka_up: AtomicBool,
+    pub(crate) redis_up: AtomicBool,
+    pub(crate) mongo_up: AtomicBool,
 }
 
 impl ConsumerMetrics {
@@ -66,7 +66,7 @@ impl ConsumerMetrics {
     }
 
     /// Registers every metric on the consumer's registry ([`crate::ops::registry`]).
-    pub fn register(&self, r: &mut Registry) {
+    pub(crate) fn register(&self, r: &mut Registry) {
         r.register("records_read", "Kafka records read", self.records_read.clone());
         r.register(
             "partitions_assigned",
@@ -127,16 +127,16 @@ impl ConsumerMetrics {
         );
     }
 
-    pub fn restarted(&self, actor: &'static str) {
+    pub(crate) fn restarted(&self, actor: &'static str) {
         self.actor_restarts.get_or_create(&ActorLabel { actor }).inc();
     }
 
-    pub fn set_up(flag: &AtomicBool, up: bool) {
+    pub(crate) fn set_up(flag: &AtomicBool, up: bool) {
         flag.store(up, Ordering::Relaxed);
     }
 
     /// Whether each connection the consumer needs is up, by dependency.
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         let up = |flag: &AtomicBool| flag.load(Ordering::Relaxed);
         Readiness::of([
             (Dependency::Kafka, up(&self.kafka_up)),
