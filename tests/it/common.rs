@@ -2,10 +2,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-
 pub fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -20,13 +16,6 @@ pub fn mongodb_uri() -> String {
 
 pub use harness::{delete_prefix, unique};
 
-pub fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .create()
-        .expect("kafka admin client")
-}
-
 /// A fresh topic, deleted when the guard drops.
 pub struct TempTopic {
     pub name: String,
@@ -35,12 +24,9 @@ pub struct TempTopic {
 impl TempTopic {
     pub async fn create(prefix: &str, partitions: i32) -> TempTopic {
         let name = unique(prefix);
-        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin().create_topics([&topic], &opts).await.expect("create_topics");
-        for r in results {
-            r.expect("topic created");
-        }
+        harness::kafka::create_topic(&kafka_brokers(), &name, partitions)
+            .await
+            .expect("topic created");
         TempTopic { name }
     }
 }
@@ -51,7 +37,7 @@ impl Drop for TempTopic {
         // Drop cannot be async; a short-lived runtime on another thread deletes the topic.
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                let _ = rt.block_on(admin().delete_topics(&[name.as_str()], &AdminOptions::new()));
+                let _ = rt.block_on(harness::kafka::delete_topic(&kafka_brokers(), &name));
             }
         })
         .join();

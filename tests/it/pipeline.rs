@@ -72,15 +72,19 @@ impl World {
     pub fn command(&self, subcommand: &str, log: &str) -> Command {
         let log = std::fs::File::create(self.dir.join(log)).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_votestream"));
+        let place = harness::ConsumerPlace {
+            brokers: &kafka_brokers(),
+            topic: &self.topic.name,
+            dlq_topic: &self.dlq.name,
+            group: &self.group,
+            redis_url: &self.redis_url,
+            key_prefix: &self.prefix,
+            mongodb_uri: &self.mongodb_uri,
+            database: &self.database,
+            http_addr: None,
+        };
         cmd.arg(subcommand)
-            .env("KAFKA_BROKERS", kafka_brokers())
-            .env("VOTES_TOPIC", &self.topic.name)
-            .env("DLQ_TOPIC", &self.dlq.name)
-            .env("CONSUMER_GROUP", &self.group)
-            .env("REDIS_URL", &self.redis_url)
-            .env("REDIS_KEY_PREFIX", &self.prefix)
-            .env("MONGODB_URI", &self.mongodb_uri)
-            .env("MONGODB_DATABASE", &self.database)
+            .envs(place.env())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -183,9 +187,7 @@ impl ConsumerProcess {
 
     /// SIGTERM, then the exit status once it has drained.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-        assert!(status.success());
+        harness::send_term(self.child.id()).expect("SIGTERM");
         self.child.wait().expect("exit status")
     }
 

@@ -8,14 +8,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_redis::redis;
 use harness::kafka::CommittedReader;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use votestream::schema::redis::RedisKeys;
 
 pub struct Stack {
@@ -26,7 +22,6 @@ pub struct Stack {
     pub votestream: PathBuf,
     /// Logs of the started processes and private FerretDB data.
     pub scratch: PathBuf,
-    admin: AdminClient<DefaultClientContext>,
     topics: Mutex<Vec<String>>,
     prefixes: Mutex<Vec<String>>,
     databases: Mutex<Vec<String>>,
@@ -55,14 +50,12 @@ impl Stack {
             votestream.display()
         );
         std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-        let admin = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
         Ok(Stack {
             brokers,
             redis_url,
             mongodb_uri,
             votestream,
             scratch,
-            admin,
             topics: Mutex::new(Vec::new()),
             prefixes: Mutex::new(Vec::new()),
             databases: Mutex::new(Vec::new()),
@@ -72,17 +65,13 @@ impl Stack {
     /// A fresh topic, deleted at clean-up (or earlier by [`Stack::delete_topic`]).
     pub async fn topic(&self, label: &str, partitions: i32) -> anyhow::Result<String> {
         let name = unique(label);
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let new = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
-        for result in self.admin.create_topics([&new], &options).await? {
-            result.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
-        }
+        harness::kafka::create_topic(&self.brokers, &name, partitions).await?;
         self.topics.lock().expect("lock").push(name.clone());
         Ok(name)
     }
 
     pub async fn delete_topic(&self, name: &str) {
-        if let Err(error) = self.admin.delete_topics(&[name], &AdminOptions::new()).await {
+        if let Err(error) = harness::kafka::delete_topic(&self.brokers, name).await {
             eprintln!("warning: deleting topic {name}: {error}");
         }
         self.topics.lock().expect("lock").retain(|t| t != name);
@@ -188,18 +177,19 @@ impl Stack {
         mongodb_uri: &str,
         database: &str,
     ) -> anyhow::Result<Vec<(&'static str, String)>> {
-        Ok(vec![
-            ("KAFKA_BROKERS", self.brokers.clone()),
-            ("VOTES_TOPIC", topic.to_owned()),
+        let place = harness::ConsumerPlace {
+            brokers: &self.brokers,
+            topic,
             // A poison record would be a bug here; its dead letter goes to a topic nobody reads.
-            ("DLQ_TOPIC", format!("{topic}.dlq")),
-            ("CONSUMER_GROUP", group.to_owned()),
-            ("REDIS_URL", self.redis_url.clone()),
-            ("REDIS_KEY_PREFIX", prefix.to_owned()),
-            ("MONGODB_URI", mongodb_uri.to_owned()),
-            ("MONGODB_DATABASE", database.to_owned()),
-            ("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()?)),
-        ])
+            dlq_topic: &format!("{topic}.dlq"),
+            group,
+            redis_url: &self.redis_url,
+            key_prefix: prefix,
+            mongodb_uri,
+            database,
+            http_addr: Some(&format!("127.0.0.1:{}", free_port()?)),
+        };
+        Ok(place.env())
     }
 }
 
@@ -241,12 +231,7 @@ impl Process {
 
     /// SIGTERM, without waiting.
     pub fn send_term(&self) -> anyhow::Result<()> {
-        let pid = self.child.id().to_string();
-        anyhow::ensure!(
-            Command::new("kill").args(["-TERM", &pid]).status()?.success(),
-            "kill -TERM {pid} failed"
-        );
-        Ok(())
+        harness::send_term(self.child.id())
     }
 
     /// The exit status, once the process has exited.

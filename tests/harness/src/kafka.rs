@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -63,4 +65,26 @@ pub fn high_watermarks(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i3
         .into_iter()
         .map(|p| Ok((p, client.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)))
         .collect()
+}
+
+fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new().set("bootstrap.servers", brokers).create()?)
+}
+
+/// Creates `name` with `partitions` partitions, replicated once (the local stack has one broker).
+pub async fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin(brokers)?.create_topics([&topic], &options).await? {
+        result.map_err(|(topic, e)| anyhow::anyhow!("creating topic {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Deletes `name`.
+pub async fn delete_topic(brokers: &str, name: &str) -> anyhow::Result<()> {
+    for result in admin(brokers)?.delete_topics(&[name], &AdminOptions::new()).await? {
+        result.map_err(|(topic, e)| anyhow::anyhow!("deleting topic {topic}: {e}"))?;
+    }
+    Ok(())
 }

@@ -11,6 +11,51 @@ pub mod kafka;
 pub mod memory;
 pub mod servers;
 
+/// Where a `votestream consumer` under test reads and writes: the
+/// environment it is started with, so every test and benchmark run isolates
+/// it the same way (own topic, group, key prefix and database).
+pub struct ConsumerPlace<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub dlq_topic: &'a str,
+    pub group: &'a str,
+    pub redis_url: &'a str,
+    pub key_prefix: &'a str,
+    pub mongodb_uri: &'a str,
+    pub database: &'a str,
+    /// The consumer's HTTP address (`None`: its default, or set apart).
+    pub http_addr: Option<&'a str>,
+}
+
+impl ConsumerPlace<'_> {
+    /// The consumer's environment variables for this place.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        [
+            ("KAFKA_BROKERS", self.brokers),
+            ("VOTES_TOPIC", self.topic),
+            ("DLQ_TOPIC", self.dlq_topic),
+            ("CONSUMER_GROUP", self.group),
+            ("REDIS_URL", self.redis_url),
+            ("REDIS_KEY_PREFIX", self.key_prefix),
+            ("MONGODB_URI", self.mongodb_uri),
+            ("MONGODB_DATABASE", self.database),
+        ]
+        .into_iter()
+        .chain(self.http_addr.map(|addr| ("CONSUMER_HTTP_ADDR", addr)))
+        .map(|(name, value)| (name, value.to_owned()))
+        .collect()
+    }
+}
+
+/// Sends SIGTERM to `pid` (a child this program started), without waiting.
+pub fn send_term(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed ({status})");
+    Ok(())
+}
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -184,11 +184,7 @@ async fn sigterm_during_load_leaves_every_acknowledged_vote_in_kafka() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tally.signal_sending.store(true, Ordering::SeqCst);
-    let status = Command::new("kill")
-        .args(["-TERM", &process.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    harness::send_term(process.child.id()).expect("SIGTERM");
     tally.signal_sent.store(true, Ordering::SeqCst);
 
     for task in load {
