@@ -4,6 +4,7 @@
 //! readiness read from librdkafka's statistics.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ pub(super) struct ReaderContext {
     pub(super) keys: RedisKeys,
     pub(super) metrics: Arc<ConsumerMetrics>,
     pub(super) events: Mutex<Vec<Rebalanced>>,
+    /// Set once the reader stops reading: the consumer is about to close.
+    pub(super) closing: AtomicBool,
+    /// Set by the first assignment (the group join is complete).
+    pub(super) assigned_once: AtomicBool,
 }
 
 impl ReaderContext {
@@ -144,7 +149,31 @@ impl ConsumerContext for ReaderContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let count = tpl.count() as i64;
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            self.assigned_once.store(true, Ordering::SeqCst);
+        }
         match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if self.closing.load(Ordering::SeqCst) => {
+                // An assignment that arrives while the consumer closes is only
+                // acknowledged, at once: nothing will be read from it, and a
+                // slow callback here (offsets asked of Redis and Kafka) can
+                // hold up librdkafka's close.
+                tracing::info!(partitions = count, "assignment while closing: acknowledged, not read");
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = assigned {
+                    tracing::warn!(%error, "assign while closing failed");
+                }
+                self.metrics.partitions_assigned.inc_by(count as u64);
+                if cooperative {
+                    self.metrics.partitions_owned.inc_by(count);
+                } else {
+                    self.metrics.partitions_owned.set(count);
+                }
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let starts = self.choose_starts(consumer, tpl);
                 self.push(Rebalanced::Assigned(starts));

@@ -202,6 +202,34 @@ async fn a_static_member_restarted_within_the_session_timeout_takes_no_partition
     world.clean().await;
 }
 
+/// A consumer stopped while it is still joining its group (its assignment
+/// arrives mid-close) exits instead of hanging in librdkafka's close. It is
+/// stopped a few milliseconds after it starts, at several moments; a SIGTERM
+/// that beats the process's signal handler ends it by the signal, which is
+/// no hang either. Only a hang trips the guard; how long the exit takes is
+/// measured nowhere.
+#[tokio::test]
+async fn a_static_member_stopped_while_it_joins_the_group_exits() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let _turn = HEAVY.lock().await;
+    let world = World::new("join-stop").await;
+    for (round, wait_ms) in [10_u64, 30, 60, 100, 150, 250].into_iter().enumerate() {
+        let mut consumer = world.spawn_consumer(round, &[("GROUP_INSTANCE_ID", "joining")]);
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        harness::send_term(consumer.child.id()).expect("SIGTERM");
+        let exited = eventually("the consumer to exit", Duration::from_secs(90), || {
+            std::future::ready(consumer.child.try_wait().expect("status"))
+        })
+        .await;
+        assert!(
+            exited.success() || exited.signal() == Some(15),
+            "round {round} (SIGTERM after {wait_ms} ms): {exited}"
+        );
+    }
+    world.clean().await;
+}
+
 #[tokio::test]
 async fn poison_records_go_to_the_dead_letter_topic_once_and_the_rest_is_counted() {
     let _turn = HEAVY.lock().await;

@@ -1,6 +1,7 @@
 //! The read loop's Kafka clients: the group consumer, whose offsets only the
 //! loop commits (after both sinks wrote them), and the dead-letter producer.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics
         keys: config.keys.clone(),
         metrics,
         events: Mutex::new(Vec::new()),
+        closing: AtomicBool::new(false),
+        assigned_once: AtomicBool::new(false),
     };
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {

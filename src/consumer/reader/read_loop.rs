@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -312,6 +313,8 @@ impl ReadLoop {
 
     /// Shutdown: hand on what was read, wait for the sinks, commit synchronously.
     async fn drain(&self, consumer: &VotesConsumer, st: &mut State) {
+        // From here on an assignment is only acknowledged (see ReaderContext::rebalance).
+        consumer.context().closing.store(true, Ordering::SeqCst);
         if !st.batcher.is_empty() && !st.rewind_pending {
             self.dispatch(st);
         }
@@ -330,8 +333,19 @@ impl ReadLoop {
             self.commit(consumer, &committable, CommitMode::Sync);
         }
         tracing::info!(committed = ?committable, "reader drained");
+        // librdkafka can hang closing a cooperative consumer whose assignment
+        // arrives mid-close (a consumer stopped while it is still joining
+        // the group): let a join in progress finish before the consumer is
+        // dropped. Records received meanwhile are not taken.
+        let deadline = Instant::now() + JOIN_WAIT;
+        while !consumer.context().assigned_once.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        }
     }
 }
+
+/// Longest a stopping reader waits for a group join in progress to finish.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
