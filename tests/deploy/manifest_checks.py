@@ -19,7 +19,10 @@ from kubernetes_validate.utils import SchemaNotFoundError
 from contract import PART_OF, PROJECT_IMAGE
 
 Doc = dict[str, Any]
-CUSTOM_GROUPS = {"kafka.strimzi.io"}
+# Operators' resources, which Kubernetes' own schemas do not cover: Strimzi's
+# (checked against its CRDs) and the Prometheus Operator's PrometheusRule
+# (its rules checked by promtool, test_prometheus_rules.py).
+CUSTOM_GROUPS = {"kafka.strimzi.io", "monitoring.coreos.com"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 WORKLOADS_WITH_TEMPLATE = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 # `kubectl apply` (client side) keeps a copy of each object in an annotation,
