@@ -19,8 +19,8 @@ pub struct ActorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabel {
-    pub partition: i32,
+struct PartitionLabel {
+    partition: i32,
 }
 
 /// `dependency` is named as in `/readyz`'s checks: `kafka`, `redis`, `mongodb`.

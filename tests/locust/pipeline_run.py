@@ -44,6 +44,7 @@ import yaml
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / "scripts" / "stack"
 
 KAFKA_BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
@@ -104,7 +105,7 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
         binary = _votestream_binary()
         grpc_port, http_port, consumer_port, logs_port, prometheus_port = _free_ports(5)
         prometheus_env = _prometheus_env(tmp, prometheus_port, ingress=http_port, consumer=consumer_port, logs=logs_port)
-        _stack("up", prometheus_env)
+        _start_prometheus(prometheus_env)
         run.prometheus = f"http://127.0.0.1:{prometheus_port}"
         env = {k: v for k, v in os.environ.items() if k != "PORT"}  # PORT would move the logs app
         env.update(
@@ -139,7 +140,7 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
         yield run
     finally:
         if prometheus_env:
-            _stack("down", prometheus_env)
+            subprocess.run([str(STACK), "down", "prometheus"], env=prometheus_env, capture_output=True, timeout=60)
         for key in redis_client.scan_iter(match=f"{run.prefix}*", count=100):
             redis_client.delete(key)
         mongo.drop_database(name)
@@ -166,8 +167,8 @@ def _prometheus_env(tmp: Path, port: int, **targets: int) -> dict[str, str]:
                 "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
                 "scrape_configs": [
-                    {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-                    for job, port in targets.items()
+                    {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{http_port}"]}]}
+                    for job, http_port in targets.items()
                 ],
             }
         )
@@ -180,13 +181,11 @@ def _prometheus_env(tmp: Path, port: int, **targets: int) -> dict[str, str]:
     }
 
 
-def _stack(command: str, env: dict[str, str]) -> None:
-    """`scripts/stack COMMAND prometheus` (up builds Prometheus the first time, which takes minutes)."""
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "stack"), command, "prometheus"], env=env, capture_output=True, text=True, timeout=1800
-    )
+def _start_prometheus(env: dict[str, str]) -> None:
+    """`scripts/stack up prometheus` (which builds Prometheus the first time: minutes)."""
+    out = subprocess.run([str(STACK), "up", "prometheus"], env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
-        pytest.fail(f"scripts/stack {command} prometheus failed:\n{out.stderr[-3000:]}")
+        pytest.fail(f"scripts/stack up prometheus failed:\n{out.stderr[-3000:]}")
 
 
 def prometheus_query(run: PipelineRun, expr: str, at: float | None = None) -> dict:
