@@ -240,15 +240,18 @@ def counted(pipeline: Pipeline) -> int | None:
 
 
 def consumer_lag(pipeline: Pipeline) -> int | None:
-    """The consumer's lag (records not yet read, from its /metrics)."""
+    """The consumer's lag (records not yet read, from its /metrics: the sum
+    over its partitions; None before it has any)."""
     try:
         with urllib.request.urlopen(pipeline.url("CONSUMER_HTTP_ADDR", "/metrics"), timeout=2) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("votestream_consumer_lag "):
-                    return int(float(line.split()[1]))
+            lags = [
+                int(float(line.split()[-1]))
+                for line in response.read().decode().splitlines()
+                if line.startswith("votestream_consumer_lag{")
+            ]
     except (OSError, ValueError):
         return None
-    return None
+    return sum(lags) if lags else None
 
 
 def table(headers: list[str], rows: list[list], left: int = 1) -> str:

@@ -6,7 +6,8 @@ use mongodb::Collection;
 use mongodb::bson::{self, doc};
 use mongodb::error::{ErrorKind, WriteFailure as MongoWriteFailure};
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::batch::SharedBatch;
 use super::metrics::ConsumerMetrics;
@@ -45,7 +46,7 @@ impl Sink for MongoWriter {
     const NAME: &'static str = "mongo_logger";
     type Conn = Collection<LogDocument>;
 
-    fn up_flag(metrics: &ConsumerMetrics) -> &AtomicBool {
+    fn up_flag(metrics: &ConsumerMetrics) -> &Gauge {
         &metrics.mongo_up
     }
 

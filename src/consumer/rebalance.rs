@@ -131,13 +131,13 @@ impl ClientContext for ReaderContext {
         let up = stats.brokers.values().any(|b| b.state == "UP");
         ConsumerMetrics::set_up(&self.metrics.kafka_up, up);
         if let Some(topic) = stats.topics.get(&self.topic) {
-            let lag: i64 = topic
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
-            self.metrics.consumer_lag.set(lag);
+            // `desired`: assigned to this consumer; librdkafka keeps reporting
+            // a revoked partition's last lag, and the -1 partition is internal.
+            let lags = topic.partitions.values().filter(|p| p.partition >= 0).map(|p| {
+                let known = p.desired && p.consumer_lag >= 0;
+                (p.partition, known.then_some(p.consumer_lag))
+            });
+            self.metrics.set_lag(lags);
         }
     }
 }

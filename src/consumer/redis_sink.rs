@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use deadpool_redis::Pool;
 use deadpool_redis::redis;
 
 use super::aggregate::{aggregate, unapplied};
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::batch::SharedBatch;
 use super::metrics::ConsumerMetrics;
 use super::sink::{Sink, SinkActor, SinkError, WriteFailure, Written};
@@ -45,7 +46,7 @@ impl Sink for RedisWriter {
     const NAME: &'static str = "redis_aggregator";
     type Conn = Pool;
 
-    fn up_flag(metrics: &ConsumerMetrics) -> &AtomicBool {
+    fn up_flag(metrics: &ConsumerMetrics) -> &Gauge {
         &metrics.redis_up
     }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -52,7 +53,7 @@ pub trait Sink: Unpin + 'static {
     /// The actor's name in logs and metrics.
     const NAME: &'static str;
     /// The readiness flag of this sink's store (`/readyz`).
-    fn up_flag(metrics: &ConsumerMetrics) -> &AtomicBool;
+    fn up_flag(metrics: &ConsumerMetrics) -> &Gauge;
     type Conn: Clone + Unpin + 'static;
     fn connect(&self) -> impl Future<Output = Result<Self::Conn, String>> + 'static;
     fn write(
@@ -146,6 +147,7 @@ pub struct SinkActor<S: Sink> {
 
 impl<S: Sink> SinkActor<S> {
     pub fn new(sink: S, capacity: usize, concurrency: usize, backoff: Backoff, metrics: Arc<ConsumerMetrics>) -> Self {
+        metrics.supervised(S::NAME);
         SinkActor {
             sink,
             conn: None,

@@ -1,6 +1,7 @@
 """Checks that Grafana gets this repository's provisioning: every file of
 grafana-provisioning/ mounted where Grafana reads it, the dashboards provider
-pointed at its mounted folder, the Redis data source at the redis Service.
+pointed at its mounted folder, the Redis data source at the redis Service,
+and every data source URL taken from a variable the container sets.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def grafana_errors(docs: list[Doc], provisioning: Path) -> list[str]:
                     f"grafana-provisioning/{kind}/{f.name} is not mounted in /etc/grafana/provisioning/{kind}"
                 )
 
-    env = {v["name"] for v in container.get("env", [])}
+    # name -> literal value (None when it comes from a Secret or ConfigMap)
+    env = {v["name"]: v.get("value") for v in container.get("env", [])}
     for f in sorted((provisioning / "dashboards").glob("*.y*ml")):
         for provider in (yaml.safe_load(f.read_text()) or {}).get("providers", []):
             path = provider.get("options", {}).get("path")
@@ -55,12 +57,13 @@ def grafana_errors(docs: list[Doc], provisioning: Path) -> list[str]:
     redis_ok = re.compile(r"(redis://)?redis(\.votestream(\.svc(\.cluster\.local)?)?)?:6379/?")
     for f in sorted((provisioning / "datasources").glob("*.y*ml")):
         for ds in (yaml.safe_load(f.read_text()) or {}).get("datasources", []):
-            if ds.get("type") != "redis-datasource":
-                continue
             url = str(ds.get("url", ""))
             var = re.fullmatch(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", url)
-            if var and var.group(1) not in env:
-                errors.append(f"{f.name}: data source url {url}: the Grafana container has no {var.group(1)}")
-            elif not var and not redis_ok.fullmatch(url):
+            if var:
+                if var.group(1) not in env:
+                    errors.append(f"{f.name}: data source url {url}: the Grafana container has no {var.group(1)}")
+                elif ds.get("type") == "prometheus" and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", env[var.group(1)]):
+                    errors.append(f"{f.name}: {var.group(1)}={env[var.group(1)]!r} is no Prometheus URL")
+            elif ds.get("type") == "redis-datasource" and not redis_ok.fullmatch(url):
                 errors.append(f"{f.name}: data source url {url} does not reach the redis Service")
     return errors

@@ -20,7 +20,8 @@ from contract import PART_OF, PROJECT_IMAGE
 
 Doc = dict[str, Any]
 # API groups of custom resources: each is checked against its operator's CRDs
-# (crd_checks.py), not Kubernetes' own schemas.
+# (crd_checks.py), not Kubernetes' own schemas; PrometheusRule's rules are
+# also checked by promtool (test_prometheus_rules.py).
 CUSTOM_GROUPS = {"kafka.strimzi.io", "keda.sh", "monitoring.coreos.com"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 WORKLOADS_WITH_TEMPLATE = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}

@@ -372,6 +372,22 @@ def test_an_unlisted_provisioning_file_is_reported(tmp_path):
     assert grafana_checks.grafana_errors(rendered("base"), provisioning) != []
 
 
+@pytest.mark.parametrize("url", ["$PROMETHEUS_ADDRESS", "prometheus-operated:9090"])
+def test_a_prometheus_data_source_grafana_cannot_resolve_is_reported(url, tmp_path):
+    provisioning = tmp_path / "grafana-provisioning"
+    shutil.copytree(ROOT / "grafana-provisioning", provisioning)
+    docs = rendered("base")
+    if not url.startswith("$"):
+        # The variable is there, but holds no URL.
+        env = container(docs, "Deployment", "grafana")["env"]
+        next(v for v in env if v["name"] == "PROMETHEUS_URL")["value"] = url
+        url = "$PROMETHEUS_URL"
+    (provisioning / "datasources" / "prometheus.yaml").write_text(
+        f"apiVersion: 1\ndatasources:\n  - name: Prometheus\n    type: prometheus\n    uid: votestream-prometheus\n    url: {url}\n"
+    )
+    assert grafana_checks.grafana_errors(docs, provisioning) != []
+
+
 def test_a_data_source_pointing_elsewhere_is_reported(tmp_path):
     provisioning = tmp_path / "grafana-provisioning"
     shutil.copytree(ROOT / "grafana-provisioning", provisioning)

@@ -5,9 +5,15 @@ with its own topic (6 partitions), consumer group, Redis key prefix and Mongo
 database. Locust drives it headless over both routes, first with single votes,
 then with batches, then with single votes whose HTTP side goes through
 python-requests (locust/requests_user.py), until Redis has counted every vote
-Locust saw accepted; then the pipeline gets SIGTERM. The tests read what was
-recorded; the keys, the database and the topic are removed when the session
-ends.
+Locust saw accepted; then the pipeline gets SIGTERM. Before Locust, the run
+sends the ingress one unreadable body and one invalid vote, so that the
+ingress's refusal and rejection counters have series too. A private Prometheus
+(`scripts/stack up prometheus` with its own STACK_DIR, port and configuration)
+scrapes the three processes every second from before they start, and
+evaluates deploy/prometheus/alerts.yml; it keeps running, for the tests to
+query at the moment the run was scraped in full. The tests read what was
+recorded; the keys, the database and the topic are removed and Prometheus is
+stopped when the session ends.
 
 Addresses of the stack: KAFKA_BROKERS, REDIS_URL, MONGODB_URI (defaults: the
 local stack of scripts/stack).
@@ -23,6 +29,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -32,9 +40,11 @@ from pathlib import Path
 import pymongo
 import pytest
 import redis
+import yaml
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / "scripts" / "stack"
 
 KAFKA_BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
@@ -49,6 +59,7 @@ RUNS = (
     ("requests_user.py", "RequestsHttpUser", 1),
 )
 COUNTED_TIMEOUT_S = 60
+SCRAPED_TIMEOUT_S = 30
 
 
 @dataclass
@@ -69,6 +80,8 @@ class PipelineRun:
     counted: int = 0  # votes:total when Locust's accepted votes were all counted, or at the timeout
     exit_code: int | None = None  # votestream's, after SIGTERM (None: it did not stop in time)
     log: Path | None = None
+    prometheus: str = ""  # the private Prometheus's base URL
+    scraped_at: float = 0.0  # Unix time once Prometheus had scraped the run's final counts, before SIGTERM
 
     def accepted(self, route: str | None = None) -> int:
         routes = [route] if route else ["grpc", "http"]
@@ -86,10 +99,14 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
     run = PipelineRun(prefix=f"{name}:", database=name, log=tmp / "votestream.log")
     admin = AdminClient({"bootstrap.servers": KAFKA_BROKERS})
     mongo = pymongo.MongoClient(MONGODB_URI, serverSelectionTimeoutMS=5000)
+    prometheus_env = None
     try:
         admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])[name].result(30)
         binary = _votestream_binary()
-        grpc_port, http_port, consumer_port, logs_port = _free_ports(4)
+        grpc_port, http_port, consumer_port, logs_port, prometheus_port = _free_ports(5)
+        prometheus_env = _prometheus_env(tmp, prometheus_port, ingress=http_port, consumer=consumer_port, logs=logs_port)
+        _start_prometheus(prometheus_env)
+        run.prometheus = f"http://127.0.0.1:{prometheus_port}"
         env = {k: v for k, v in os.environ.items() if k != "PORT"}  # PORT would move the logs app
         env.update(
             KAFKA_BROKERS=KAFKA_BROKERS,
@@ -108,9 +125,11 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
             pipeline = subprocess.Popen([str(binary), "all"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(pipeline, run, [f"http://127.0.0.1:{p}/readyz" for p in (http_port, consumer_port)])
+            _send_bad_requests(http_port)
             for locustfile, http_user, batch_size in RUNS:
                 run.locust.append(_run_locust(tmp, locustfile, http_user, batch_size, http_port, grpc_port))
             run.counted = _wait_counted(redis_client, run)
+            run.scraped_at = _wait_scraped(run)
         finally:
             pipeline.send_signal(signal.SIGTERM)
             try:
@@ -120,6 +139,8 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
                 pipeline.wait()
         yield run
     finally:
+        if prometheus_env:
+            subprocess.run([str(STACK), "down", "prometheus"], env=prometheus_env, capture_output=True, timeout=60)
         for key in redis_client.scan_iter(match=f"{run.prefix}*", count=100):
             redis_client.delete(key)
         mongo.drop_database(name)
@@ -133,6 +154,61 @@ def _votestream_binary() -> Path:
     """The debug build, brought up to date (a no-op after `cargo test`)."""
     subprocess.run(["cargo", "build", "--quiet", "--locked", "--bin", "votestream"], cwd=ROOT, check=True)
     return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "votestream"
+
+
+def _prometheus_env(tmp: Path, port: int, **targets: int) -> dict[str, str]:
+    """The environment of `scripts/stack up|down prometheus` for a private
+    Prometheus on `port` scraping each process (job name -> HTTP port) every
+    second, with the alerting rules of deploy/prometheus/alerts.yml."""
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
+                "scrape_configs": [
+                    {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{http_port}"]}]}
+                    for job, http_port in targets.items()
+                ],
+            }
+        )
+    )
+    return {
+        **os.environ,
+        "STACK_DIR": str(tmp / "stack"),
+        "PROMETHEUS_PORT": str(port),
+        "PROMETHEUS_CONFIG": str(config),
+    }
+
+
+def _start_prometheus(env: dict[str, str]) -> None:
+    """`scripts/stack up prometheus` (which builds Prometheus the first time: minutes)."""
+    out = subprocess.run([str(STACK), "up", "prometheus"], env=env, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        pytest.fail(f"scripts/stack up prometheus failed:\n{out.stderr[-3000:]}")
+
+
+def prometheus_query(run: PipelineRun, expr: str, at: float | None = None) -> dict:
+    """The `data` of Prometheus's instant query API for `expr` at `at` (default: now)."""
+    form = {"query": expr} | ({"time": f"{at:.3f}"} if at is not None else {})
+    request = urllib.request.Request(f"{run.prometheus}/api/v1/query", data=urllib.parse.urlencode(form).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)["data"]
+    except urllib.error.HTTPError as e:
+        pytest.fail(f"Prometheus refused {expr!r}: {e.read().decode(errors='replace')}")
+
+
+def _wait_scraped(run: PipelineRun) -> float:
+    """The time at which Prometheus had scraped the consumer's count of every
+    vote Redis counted (or the timeout)."""
+    deadline = time.monotonic() + SCRAPED_TIMEOUT_S
+    while time.monotonic() < deadline:
+        result = prometheus_query(run, "sum(votestream_consumer_votes_applied_total)")["result"]
+        if result and float(result[0]["value"][1]) >= run.counted:
+            break
+        time.sleep(0.5)
+    return time.time()
 
 
 def _free_ports(n: int) -> list[int]:
@@ -162,6 +238,21 @@ def _wait_ready(pipeline: subprocess.Popen, run: PipelineRun, urls: list[str], t
         except OSError:
             pass
         time.sleep(0.25)
+
+
+def _send_bad_requests(http_port: int) -> None:
+    """One body that is no JSON (refused whole: malformed_json) and one vote
+    whose rank is out of range (rejected: out_of_range); each gets 400."""
+    bad_vote = {"name": "Alux Nahual", "album": "Conquista", "year": 1982, "rank": 99}
+    for body in (b"{", json.dumps(bad_vote).encode()):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/votes", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+            pytest.fail(f"the ingress accepted {body!r}")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400, f"{body!r}: {e.code}"
 
 
 def _run_locust(tmp: Path, locustfile: str, http_user: str, batch_size: int, http_port: int, grpc_port: int) -> LocustRun:

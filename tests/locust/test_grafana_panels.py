@@ -1,7 +1,8 @@
 """The Grafana provisioning: every dashboard is valid dashboard JSON whose
-data sources are provisioned, and every panel's Redis command, run against
-the real Redis after the pipeline run of conftest.py, returns the data the
-panel charts.
+data sources are provisioned; every panel's Redis command, run against the
+real Redis after the pipeline run of conftest.py, returns the data the panel
+charts; and every panel's PromQL, run through the HTTP API of the real
+Prometheus that scraped that run, returns numbers.
 
 The redis-datasource plugin's query model (`type`, `command`, `keyName`, ...)
 and the frames it answers with (HGETALL: string columns `Field` and `Value`;
@@ -13,6 +14,7 @@ are those of the plugin's source, version 2.x.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_run import ROOT, PipelineRun
+from pipeline_run import ROOT, PipelineRun, prometheus_query
 
 PROVISIONING = ROOT / "grafana-provisioning"
 DASHBOARDS = sorted((PROVISIONING / "dashboards").glob("*.json"))
@@ -57,15 +59,19 @@ def panels(dashboard: dict) -> list[dict]:
     return found
 
 
-def queries() -> list[tuple[str, dict, dict]]:
-    """(test id, dashboard, panel) for every panel that queries Redis."""
+def queries(datasource_type: str) -> list[tuple[str, dict, dict]]:
+    """(test id, dashboard, panel) for every panel that queries a data source of that type."""
     found = []
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
         for panel in panels(dashboard):
-            if panel.get("targets"):
+            if panel.get("targets") and (panel.get("datasource") or {}).get("type") == datasource_type:
                 found.append((f"{path.stem}:{panel['title']}", dashboard, panel))
     return found
+
+
+REDIS_QUERIES = queries("redis-datasource")
+PROMETHEUS_QUERIES = queries("prometheus")
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=[p.name for p in DASHBOARDS])
@@ -111,7 +117,7 @@ def test_every_data_source_reference_is_provisioned():
 
 
 def test_the_dashboards_chart_every_counter_of_the_contract():
-    keys = {t.get("keyName") for _, _, panel in queries() for t in panel["targets"]}
+    keys = {t.get("keyName") for _, _, panel in REDIS_QUERIES for t in panel["targets"]}
     assert CHARTED_KEYS <= keys, f"not charted: {CHARTED_KEYS - keys}"
 
 
@@ -122,7 +128,15 @@ def test_the_provider_reads_the_folder_the_dashboards_are_mounted_in():
             assert provider["options"]["path"] == "/etc/grafana/provisioning/dashboards"
 
 
-@pytest.mark.parametrize(("dashboard", "panel"), [q[1:] for q in queries()], ids=[q[0] for q in queries()])
+def test_every_panel_queries_redis_or_prometheus():
+    every = [q[0] for q in queries("redis-datasource") + queries("prometheus")]
+    assert sorted(every) == sorted(
+        f"{p.stem}:{panel['title']}" for p in DASHBOARDS for panel in panels(json.loads(p.read_text())) if panel.get("targets")
+    )
+    assert PROMETHEUS_QUERIES, "a dashboard charts the Prometheus metrics"
+
+
+@pytest.mark.parametrize(("dashboard", "panel"), [q[1:] for q in REDIS_QUERIES], ids=[q[0] for q in REDIS_QUERIES])
 def test_the_panel_query_returns_the_data_it_charts(dashboard, panel, pipeline_run: PipelineRun, redis_client):
     assert pipeline_run.counted > 0, "votes flowed"
     for target in panel["targets"]:
@@ -136,6 +150,36 @@ def test_the_panel_query_returns_the_data_it_charts(dashboard, panel, pipeline_r
         for name in charted_fields(frame):
             bad = [v for v in frame[name] if not is_number(v)]
             assert not bad, f"{panel['title']}: {name} is charted but holds non-numbers {bad[:5]}"
+
+
+@pytest.mark.parametrize(("dashboard", "panel"), [q[1:] for q in PROMETHEUS_QUERIES], ids=[q[0] for q in PROMETHEUS_QUERIES])
+def test_the_prometheus_panel_query_returns_numbers(dashboard, panel, pipeline_run: PipelineRun):
+    assert pipeline_run.counted > 0, "votes flowed"
+    for target in panel["targets"]:
+        assert target.get("datasource") == panel["datasource"], f"{panel['title']}: one data source per panel"
+        expr = promql(target["expr"])
+        data = prometheus_query(pipeline_run, expr, at=pipeline_run.scraped_at)
+        assert data["resultType"] == "vector", f"{panel['title']}: {expr} gave a {data['resultType']}"
+        assert data["result"], f"{panel['title']}: {expr} returned no series"
+        values = [float(series["value"][1]) for series in data["result"]]
+        assert all(math.isfinite(v) for v in values), f"{panel['title']}: {expr} returned {data['result']}"
+
+
+def rate_interval() -> str:
+    """Grafana's least $__rate_interval: four scrape intervals of the data
+    source (jsonData.timeInterval)."""
+    for f in sorted((PROVISIONING / "datasources").glob("*.y*ml")):
+        for ds in (yaml.safe_load(f.read_text()) or {}).get("datasources", []):
+            if ds["type"] == "prometheus":
+                return f"{4 * relative_ms('now-' + ds['jsonData']['timeInterval']) // 1000}s"
+    raise AssertionError("no Prometheus data source")
+
+
+def promql(expr: str) -> str:
+    """A target's expression as Grafana sends it: its variables replaced."""
+    expr = expr.replace("$__rate_interval", rate_interval())
+    assert "$" not in expr, f"a Grafana variable this test does not replace: {expr}"
+    return expr
 
 
 def run_query(client, key: str, command: str, dashboard: dict) -> dict[str, list]:

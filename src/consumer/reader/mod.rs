@@ -106,6 +106,9 @@ pub struct KafkaReader {
     backoff: Backoff,
 }
 
+/// The reader's name in logs and metrics.
+const ACTOR: &str = "kafka_reader";
+
 impl KafkaReader {
     pub fn new(
         config: ReaderConfig,
@@ -116,6 +119,7 @@ impl KafkaReader {
         finished: watch::Sender<bool>,
     ) -> KafkaReader {
         let backoff = config.backoff.clone();
+        metrics.supervised(ACTOR);
         KafkaReader {
             run: ReadLoop::new(config, redis, mongo, metrics.clone(), shutdown),
             metrics,
@@ -144,7 +148,7 @@ impl Actor for KafkaReader {
                     let _ = act.finished.send(true);
                 }
                 Err(error) => {
-                    tracing::warn!(actor = "kafka_reader", %error, "reader failed; restarting");
+                    tracing::warn!(actor = ACTOR, %error, "reader failed; restarting");
                     act.backoff.failed_after(ran);
                     ConsumerMetrics::set_up(&act.metrics.kafka_up, false);
                     ctx.stop();
@@ -156,6 +160,6 @@ impl Actor for KafkaReader {
 
 impl Supervised for KafkaReader {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.metrics.restarted("kafka_reader");
+        self.metrics.restarted(ACTOR);
     }
 }
