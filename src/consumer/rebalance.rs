@@ -153,30 +153,17 @@ impl ConsumerContext for ReaderContext {
             self.assigned_once.store(true, Ordering::SeqCst);
         }
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if self.closing.load(Ordering::SeqCst) => {
-                // An assignment that arrives while the consumer closes is only
-                // acknowledged, at once: nothing will be read from it, and a
-                // slow callback here (offsets asked of Redis and Kafka) can
-                // hold up librdkafka's close.
-                tracing::info!(partitions = count, "assignment while closing: acknowledged, not read");
-                let assigned = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(error) = assigned {
-                    tracing::warn!(%error, "assign while closing failed");
-                }
-                self.metrics.partitions_assigned.inc_by(count as u64);
-                if cooperative {
-                    self.metrics.partitions_owned.inc_by(count);
-                } else {
-                    self.metrics.partitions_owned.set(count);
-                }
-            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = self.choose_starts(consumer, tpl);
-                self.push(Rebalanced::Assigned(starts));
+                if self.closing.load(Ordering::SeqCst) {
+                    // An assignment that arrives while the consumer closes is
+                    // only acknowledged, at once: nothing will be read from
+                    // it, and a slow callback here (offsets asked of Redis
+                    // and Kafka) can hold up librdkafka's close.
+                    tracing::info!(partitions = count, "assignment while closing: acknowledged, not read");
+                } else {
+                    let starts = self.choose_starts(consumer, tpl);
+                    self.push(Rebalanced::Assigned(starts));
+                }
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
