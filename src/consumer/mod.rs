@@ -38,7 +38,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::ConsumerSettings;
 use mongo_sink::MongoLogger;
-use reader::{KafkaReader, ReaderConfig};
+use reader::{KafkaReader, ReaderConfig, ReaderEnd};
 use redis_sink::RedisAggregator;
 
 /// A consumer ready to run: settings checked, HTTP listener bound.
@@ -150,18 +150,29 @@ async fn serve(
     .start_supervised();
 
     let (stop, stop_rx) = watch::channel(false);
-    let (finished_tx, mut finished) = watch::channel(false);
+    let (finished_tx, mut finished) = watch::channel(ReaderEnd::Running);
     let reader_metrics = metrics.clone();
     let _reader =
         Supervisor::start(move |_| KafkaReader::new(config, redis, mongo, reader_metrics, stop_rx, finished_tx));
 
-    shutdown.await;
-    tracing::info!("shutting down: draining in-flight batches");
-    let _ = stop.send(true);
-    let _ = finished.wait_for(|done| *done).await;
+    let mut fatal = finished.clone();
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down: draining in-flight batches");
+            let _ = stop.send(true);
+            let _ = finished.wait_for(|end| *end != ReaderEnd::Running).await;
+        }
+        _ = fatal.wait_for(|end| matches!(end, ReaderEnd::Fatal(_))) => {}
+    }
     server_handle.stop(true).await;
-    tracing::info!("consumer stopped");
-    Ok(())
+    let end = finished.borrow().clone();
+    match end {
+        ReaderEnd::Fatal(message) => Err(anyhow::anyhow!(message)),
+        _ => {
+            tracing::info!("consumer stopped");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

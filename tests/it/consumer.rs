@@ -230,6 +230,30 @@ async fn a_static_member_stopped_while_it_joins_the_group_exits() {
     world.clean().await;
 }
 
+/// Two consumers started under one `--group-instance-id` (a mistake): the
+/// broker fences the earlier one, which stops with an error that names the
+/// setting instead of failing every commit from then on.
+#[tokio::test]
+async fn a_consumer_fenced_by_a_twin_with_its_instance_name_stops_with_a_clear_error() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("fenced").await;
+    let (records, _) = votes(2_000);
+    produce(&world.topic.name, &records).await;
+    let twin = [("GROUP_INSTANCE_ID", "twin")];
+    let mut first = world.spawn_consumer(0, &twin);
+    progress_past(&world, 0).await;
+    let mut second = world.spawn_consumer(1, &twin);
+    let exited = eventually("the fenced consumer to stop", Duration::from_secs(120), || {
+        std::future::ready(first.child.try_wait().expect("status"))
+    })
+    .await;
+    let log = std::fs::read_to_string(world.dir.join("consumer-0.log")).expect("its log");
+    assert!(!exited.success(), "a fenced consumer fails: {exited}\n{log}");
+    assert!(log.contains("same --group-instance-id"), "{log}");
+    assert!(second.terminate().success(), "the one that kept the name runs on");
+    world.clean().await;
+}
+
 #[tokio::test]
 async fn poison_records_go_to_the_dead_letter_topic_once_and_the_rest_is_counted() {
     let _turn = HEAVY.lock().await;

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -97,12 +98,23 @@ impl ReaderConfig {
     }
 }
 
+/// How the reader ended, as its consumer waits for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReaderEnd {
+    Running,
+    /// Drained and committed after shutdown.
+    Drained,
+    /// Ended by an error no restart can mend; the consumer stops with it.
+    Fatal(String),
+}
+
 pub struct KafkaReader {
     /// What each incarnation of the read loop starts from.
     run: ReadLoop,
     metrics: Arc<ConsumerMetrics>,
-    /// Told once the reader has drained and committed after shutdown.
-    finished: watch::Sender<bool>,
+    /// Told once the reader has drained and committed after shutdown, or
+    /// has ended for good.
+    finished: watch::Sender<ReaderEnd>,
     backoff: Backoff,
 }
 
@@ -116,7 +128,7 @@ impl KafkaReader {
         mongo: Addr<MongoLogger>,
         metrics: Arc<ConsumerMetrics>,
         shutdown: watch::Receiver<bool>,
-        finished: watch::Sender<bool>,
+        finished: watch::Sender<ReaderEnd>,
     ) -> KafkaReader {
         let backoff = config.backoff.clone();
         metrics.supervised(ACTOR);
@@ -145,7 +157,20 @@ impl Actor for KafkaReader {
             .map(|(result, ran), act, ctx| match result {
                 // Drained after shutdown: stay idle (stopping would only restart us).
                 Ok(()) => {
-                    let _ = act.finished.send(true);
+                    let _ = act.finished.send(ReaderEnd::Drained);
+                }
+                // librdkafka's fatal errors leave the consumer unusable, and a new
+                // one would meet the same cause: the consumer stops with it.
+                Err(error @ KafkaError::MessageConsumptionFatal(code)) => {
+                    let hint = if code == RDKafkaErrorCode::FencedInstanceId {
+                        "; another consumer of the group runs with the same --group-instance-id, and each needs its own"
+                    } else {
+                        ""
+                    };
+                    let message = format!("the Kafka consumer failed for good: {error}{hint}");
+                    tracing::error!(actor = ACTOR, "{message}");
+                    ConsumerMetrics::set_up(&act.metrics.kafka_up, false);
+                    let _ = act.finished.send(ReaderEnd::Fatal(message));
                 }
                 Err(error) => {
                     tracing::warn!(actor = ACTOR, %error, "reader failed; restarting");

@@ -71,6 +71,9 @@ struct State {
     rewind_pending: bool,
     /// When the offsets confirmed since the last commit are committed.
     commit_at: Option<Instant>,
+    /// A fatal error of the Kafka consumer (it can read no more): the loop
+    /// drains what is in flight and ends with it.
+    fatal: Option<KafkaError>,
 }
 
 impl ReadLoop {
@@ -104,8 +107,9 @@ impl ReadLoop {
             paused: false,
             rewind_pending: false,
             commit_at: None,
+            fatal: None,
         };
-        while !*shutdown.borrow() {
+        while !*shutdown.borrow() && st.fatal.is_none() {
             if st.rewind_pending && st.in_flight.is_empty() {
                 self.rewind(&consumer, &mut st)?;
             }
@@ -134,7 +138,7 @@ impl ReadLoop {
             self.apply_rebalances(&consumer, &mut st);
         }
         self.drain(&consumer, &mut st).await;
-        Ok(())
+        st.fatal.map_or(Ok(()), Err)
     }
 
     /// With an open batch and room in flight: takes a record that is ready
@@ -175,6 +179,7 @@ impl ReadLoop {
         self.apply_rebalances(consumer, st);
         match received {
             Ok(msg) => self.take_record(dlq, st, &msg).await,
+            Err(error @ KafkaError::MessageConsumptionFatal(_)) => st.fatal = Some(error),
             Err(error) => tracing::warn!(%error, "kafka consumer error"),
         }
     }
