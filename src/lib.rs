@@ -16,6 +16,9 @@ pub mod stores;
 pub mod telemetry;
 pub mod vote;
 
+#[cfg(test)]
+mod proptests;
+
 /// Types generated from `proto/votes.proto`.
 pub mod proto {
     tonic::include_proto!("votes.v1");

@@ -285,4 +285,38 @@ mod tests {
             assert!(msg.contains("before: not a cursor"), "{bad}: {msg}");
         }
     }
+
+    // Hostile input: any parameters or cursor text give a value or a 400,
+    // never a panic; a cursor the app hands out reads back unchanged.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_query_parameters_give_a_query_or_a_bad_request(
+            params in proptest::collection::vec(
+                (proptest::prop_oneof![
+                    proptest::strategy::Just("limit".to_owned()),
+                    proptest::strategy::Just("band".to_owned()),
+                    proptest::strategy::Just("route".to_owned()),
+                    proptest::strategy::Just("before".to_owned()),
+                    ".{0,8}",
+                ], ".{0,60}"),
+                0..6,
+            )
+        ) {
+            let _ = page(&params);
+            let _ = stream(&params);
+        }
+
+        #[test]
+        fn any_cursor_text_is_a_cursor_or_a_bad_request(text in ".{0,200}") {
+            let _ = Cursor::decode(&text);
+        }
+
+        #[test]
+        fn a_cursor_the_app_hands_out_reads_back_unchanged(received_at_ms in proptest::prelude::any::<i64>(), id in ".{1,60}") {
+            let cursor = Cursor { received_at_ms, id };
+            proptest::prop_assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
+        }
+    }
 }

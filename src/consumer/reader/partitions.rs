@@ -141,6 +141,14 @@ impl Partitions {
         offsets
     }
 
+    /// After a failed commit: every committable offset goes out again with
+    /// the next one (a commit is idempotent; the broker keeps the latest).
+    pub fn recommit_all(&mut self) {
+        for p in self.owned.values_mut() {
+            p.uncommitted |= p.committable.is_some();
+        }
+    }
+
     /// Every committable offset, committed once more at shutdown.
     pub fn committable(&self) -> BTreeMap<i32, i64> {
         self.owned
@@ -194,6 +202,20 @@ mod tests {
         assert!(parts.take(0, 12), "a gap (compaction, transactions) is fine");
         assert!(!parts.take(0, 11));
         assert!(!parts.take(1, 0), "not ours");
+    }
+
+    #[test]
+    fn after_a_failed_commit_every_committable_offset_goes_out_again() {
+        let mut parts = Partitions::default();
+        parts.assign(&[start(0, 0, -1), start(1, 0, -1), start(2, 0, -1)]);
+        dispatch(&mut parts, 1, &[(0, 0), (0, 4), (1, 0), (1, 2)]);
+        assert!(parts.confirmed(1));
+        assert_eq!(parts.take_uncommitted(), BTreeMap::from([(0, 5), (1, 3)]));
+        assert!(parts.take_uncommitted().is_empty(), "nothing moved since");
+        // That commit failed (a rebalance was in progress): no batch may come
+        // again for these partitions, so the retry must not wait for one.
+        parts.recommit_all();
+        assert_eq!(parts.take_uncommitted(), BTreeMap::from([(0, 5), (1, 3)]));
     }
 
     #[test]

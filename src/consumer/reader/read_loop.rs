@@ -113,6 +113,10 @@ impl ReadLoop {
             if st.rewind_pending && st.in_flight.is_empty() {
                 self.rewind(&consumer, &mut st)?;
             }
+            if consumer.context().commit_failed.swap(false, Ordering::SeqCst) {
+                st.partitions.recommit_all();
+                st.commit_at.get_or_insert(Instant::now() + COMMIT_EVERY);
+            }
             self.commit_if_due(&consumer, &mut st);
             let can_dispatch = !st.rewind_pending && st.in_flight.len() < self.config.max_in_flight;
             if can_dispatch && self.fill_or_dispatch(&consumer, &dlq, &mut st).await {
