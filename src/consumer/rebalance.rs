@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -46,9 +45,6 @@ pub(super) struct ReaderContext {
     pub(super) closing: AtomicBool,
     /// Set by the first assignment (the group join is complete).
     pub(super) assigned_once: AtomicBool,
-    /// Set when an offset commit failed (for instance during a cooperative
-    /// rebalance, "generation id is not valid"): the reader commits again.
-    pub(super) commit_failed: AtomicBool,
 }
 
 impl ReaderContext {
@@ -150,13 +146,6 @@ impl ClientContext for ReaderContext {
 /// that change owner (added to, or taken from, what this consumer reads);
 /// under the eager one an assignment is the whole set and a revoke takes all.
 impl ConsumerContext for ReaderContext {
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(error) = result {
-            tracing::warn!(%error, "offset commit failed; committing again");
-            self.commit_failed.store(true, Ordering::SeqCst);
-        }
-    }
-
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let count = tpl.count() as i64;

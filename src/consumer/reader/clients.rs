@@ -28,7 +28,6 @@ pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics
         events: Mutex::new(Vec::new()),
         closing: AtomicBool::new(false),
         assigned_once: AtomicBool::new(false),
-        commit_failed: AtomicBool::new(false),
     };
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.group_instance_id {

@@ -141,8 +141,9 @@ impl Partitions {
         offsets
     }
 
-    /// After a failed commit: every committable offset goes out again with
-    /// the next one (a commit is idempotent; the broker keeps the latest).
+    /// After a rebalance, whose commits in flight the broker may have
+    /// refused: every committable offset goes out again with the next commit
+    /// (a commit is idempotent; the broker keeps the latest).
     pub fn recommit_all(&mut self) {
         for p in self.owned.values_mut() {
             p.uncommitted |= p.committable.is_some();
@@ -205,15 +206,15 @@ mod tests {
     }
 
     #[test]
-    fn after_a_failed_commit_every_committable_offset_goes_out_again() {
+    fn after_a_rebalance_every_committable_offset_goes_out_again() {
         let mut parts = Partitions::default();
         parts.assign(&[start(0, 0, -1), start(1, 0, -1), start(2, 0, -1)]);
         dispatch(&mut parts, 1, &[(0, 0), (0, 4), (1, 0), (1, 2)]);
         assert!(parts.confirmed(1));
         assert_eq!(parts.take_uncommitted(), BTreeMap::from([(0, 5), (1, 3)]));
         assert!(parts.take_uncommitted().is_empty(), "nothing moved since");
-        // That commit failed (a rebalance was in progress): no batch may come
-        // again for these partitions, so the retry must not wait for one.
+        // A rebalance may have refused that commit, and no batch may come
+        // again for these partitions: the retry must not wait for one.
         parts.recommit_all();
         assert_eq!(parts.take_uncommitted(), BTreeMap::from([(0, 5), (1, 3)]));
     }

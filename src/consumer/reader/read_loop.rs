@@ -113,10 +113,6 @@ impl ReadLoop {
             if st.rewind_pending && st.in_flight.is_empty() {
                 self.rewind(&consumer, &mut st)?;
             }
-            if consumer.context().commit_failed.swap(false, Ordering::SeqCst) {
-                st.partitions.recommit_all();
-                st.commit_at.get_or_insert(Instant::now() + COMMIT_EVERY);
-            }
             self.commit_if_due(&consumer, &mut st);
             let can_dispatch = !st.rewind_pending && st.in_flight.len() < self.config.max_in_flight;
             if can_dispatch && self.fill_or_dispatch(&consumer, &dlq, &mut st).await {
@@ -200,6 +196,12 @@ impl ReadLoop {
             }
             // The partitions assigned now are not paused.
             st.paused = false;
+            // A commit sent while the group rebalanced may have been refused
+            // ("generation id is not valid"), and no batch may come again for
+            // its partitions: every committable offset goes out once more,
+            // under the new generation.
+            st.partitions.recommit_all();
+            st.commit_at.get_or_insert(Instant::now() + COMMIT_EVERY);
         }
     }
 
