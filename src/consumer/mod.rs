@@ -108,13 +108,17 @@ impl Consumer {
             })
             .context("starting the consumer thread")?;
         tokio::select! {
-            result = &mut done => return result.unwrap_or_else(|_| Err(anyhow::anyhow!("the consumer thread panicked"))),
+            result = &mut done => return result.unwrap_or_else(|_| Err(thread_panicked())),
             () = shutdown => {}
         }
         drop(stop);
-        done.await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the consumer thread panicked")))
+        done.await.unwrap_or_else(|_| Err(thread_panicked()))
     }
+}
+
+/// The consumer thread ended without a result: it panicked.
+fn thread_panicked() -> anyhow::Error {
+    anyhow::anyhow!("the consumer thread panicked")
 }
 
 async fn serve(

@@ -41,6 +41,8 @@ pub(super) struct ReaderContext {
     pub(super) keys: RedisKeys,
     pub(super) metrics: Arc<ConsumerMetrics>,
     pub(super) events: Mutex<Vec<Rebalanced>>,
+    /// `events` holds something not taken yet.
+    pub(super) pending: AtomicBool,
     /// Set once the reader stops reading: the consumer is about to close.
     pub(super) closing: AtomicBool,
     /// Set by the first assignment (the group join is complete).
@@ -50,9 +52,15 @@ pub(super) struct ReaderContext {
 impl ReaderContext {
     fn push(&self, event: Rebalanced) {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
+        self.pending.store(true, Ordering::SeqCst);
     }
 
+    /// The events since the last call; asked after every record, so the
+    /// lock is taken only when there is something to take.
     pub(super) fn take(&self) -> Vec<Rebalanced> {
+        if !self.pending.swap(false, Ordering::SeqCst) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -148,12 +156,10 @@ impl ClientContext for ReaderContext {
 impl ConsumerContext for ReaderContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        let count = tpl.count() as i64;
-        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-            self.assigned_once.store(true, Ordering::SeqCst);
-        }
+        let count = tpl.count() as u64;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assigned_once.store(true, Ordering::SeqCst);
                 if self.closing.load(Ordering::SeqCst) {
                     // An assignment that arrives while the consumer closes is
                     // only acknowledged, at once: nothing will be read from
@@ -172,12 +178,7 @@ impl ConsumerContext for ReaderContext {
                 if let Err(error) = assigned {
                     tracing::error!(%error, "assign failed");
                 }
-                self.metrics.partitions_assigned.inc_by(count as u64);
-                if cooperative {
-                    self.metrics.partitions_owned.inc_by(count);
-                } else {
-                    self.metrics.partitions_owned.set(count);
-                }
+                self.metrics.partitions_assigned.inc_by(count);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
@@ -191,18 +192,16 @@ impl ConsumerContext for ReaderContext {
                 if let Err(error) = unassigned {
                     tracing::error!(%error, "unassign failed");
                 }
-                self.metrics.partitions_revoked.inc_by(count as u64);
-                if cooperative {
-                    self.metrics.partitions_owned.dec_by(count);
-                } else {
-                    self.metrics.partitions_owned.set(0);
-                }
+                self.metrics.partitions_revoked.inc_by(count);
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
                 let _ = consumer.unassign();
             }
         }
+        // What it reads now, whichever way the protocol moved partitions.
+        let owned = consumer.assignment().map_or(0, |a| a.count());
+        self.metrics.partitions_owned.set(owned as i64);
     }
 }
 

@@ -199,7 +199,7 @@ pub fn server(
     let votes_enabled = !args.no_http_votes;
     let mut server = HttpServer::new(move || {
         App::new()
-            .app_data(state.clone())
+            // Registers the state for every handler, not only the operational ones.
             .configure(ops::routes(state.clone()))
             .configure(|cfg| {
                 if votes_enabled {

@@ -117,7 +117,6 @@ impl LogsApp {
         let server = HttpServer::new(move || {
             let metrics = state.metrics.clone();
             App::new()
-                .app_data(state.clone())
                 .wrap_fn(move |req, service| {
                     let path = req.match_pattern().unwrap_or_else(|| "unmatched".into());
                     let metrics = metrics.clone();

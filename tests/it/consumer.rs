@@ -218,10 +218,7 @@ async fn a_static_member_stopped_while_it_joins_the_group_exits() {
         let mut consumer = world.spawn_consumer(round, &[("GROUP_INSTANCE_ID", "joining")]);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         harness::send_term(consumer.child.id()).expect("SIGTERM");
-        let exited = eventually("the consumer to exit", Duration::from_secs(90), || {
-            std::future::ready(consumer.child.try_wait().expect("status"))
-        })
-        .await;
+        let exited = consumer.exited("the consumer to exit", Duration::from_secs(90)).await;
         assert!(
             exited.success() || exited.signal() == Some(15),
             "round {round} (SIGTERM after {wait_ms} ms): {exited}"
@@ -243,10 +240,9 @@ async fn a_consumer_fenced_by_a_twin_with_its_instance_name_stops_with_a_clear_e
     let mut first = world.spawn_consumer(0, &twin);
     progress_past(&world, 0).await;
     let mut second = world.spawn_consumer(1, &twin);
-    let exited = eventually("the fenced consumer to stop", Duration::from_secs(120), || {
-        std::future::ready(first.child.try_wait().expect("status"))
-    })
-    .await;
+    let exited = first
+        .exited("the fenced consumer to stop", Duration::from_secs(120))
+        .await;
     let log = std::fs::read_to_string(world.dir.join("consumer-0.log")).expect("its log");
     assert!(!exited.success(), "a fenced consumer fails: {exited}\n{log}");
     assert!(log.contains("same --group-instance-id"), "{log}");

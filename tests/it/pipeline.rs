@@ -191,6 +191,13 @@ impl ConsumerProcess {
         self.child.wait().expect("exit status")
     }
 
+    /// Its exit status once it exits by itself; panics naming `what` if it
+    /// is still running after `limit` (a hang guard, not a measurement).
+    pub async fn exited(&mut self, what: &str, limit: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        crate::common::eventually(what, limit, || std::future::ready(child.try_wait().expect("status"))).await
+    }
+
     pub async fn metrics(&self) -> Option<String> {
         let url = format!("http://127.0.0.1:{}/metrics", self.port);
         reqwest::get(url).await.ok()?.text().await.ok()

@@ -11,10 +11,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-
+use harness::free_port;
 use harness::servers::PrivateMongo;
 
-use crate::stack::{Stack, free_port, unique};
+use crate::stack::{Stack, unique};
 
 pub struct Drained {
     /// From the first batch counted in Redis to the last offset committed.
@@ -65,7 +65,8 @@ pub async fn drain(
     let group = unique("drain-group");
     let prefix = stack.prefix("drain");
     let mut private = match outage {
-        Some(_) => Some(PrivateMongo::start(&stack.scratch.join(unique("ferretdb")))?),
+        // Its files go to <scratch>/ferretdb, removed by discard(); one drain at a time.
+        Some(_) => Some(PrivateMongo::start(&stack.scratch)?),
         None => None,
     };
     let (uri, database) = match &private {

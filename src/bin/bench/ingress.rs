@@ -11,7 +11,9 @@ use tonic::transport::Channel;
 use votestream::proto::vote_service_client::VoteServiceClient;
 use votestream::proto::{CastVotesRequest, Vote};
 
-use crate::stack::{Process, Stack, free_port};
+use harness::free_port;
+
+use crate::stack::{Process, Stack};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {

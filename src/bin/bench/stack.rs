@@ -32,10 +32,6 @@ pub fn unique(label: &str) -> String {
     harness::unique(&format!("bench-{label}"))
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(harness::free_port()?)
-}
-
 impl Stack {
     pub fn new(
         brokers: String,
@@ -187,7 +183,7 @@ impl Stack {
             key_prefix: prefix,
             mongodb_uri,
             database,
-            http_addr: Some(&format!("127.0.0.1:{}", free_port()?)),
+            http_addr: Some(&format!("127.0.0.1:{}", harness::free_port()?)),
         };
         Ok(place.env())
     }

@@ -26,6 +26,7 @@ pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics
         keys: config.keys.clone(),
         metrics,
         events: Mutex::new(Vec::new()),
+        pending: AtomicBool::new(false),
         closing: AtomicBool::new(false),
         assigned_once: AtomicBool::new(false),
     };

@@ -84,8 +84,9 @@ impl ReaderConfig {
             rules: s.rules.rules(),
             batch_max_records: s.consumer.batch_max_records,
             batch_max_wait: Duration::from_millis(s.consumer.batch_max_wait_ms),
-            max_in_flight: s.consumer.mailbox_capacity.max(1),
-            eager_in_flight: s.consumer.mongo_writers.clamp(1, s.consumer.mailbox_capacity.max(1)),
+            // Both at least 1: Consumer::build refuses less.
+            max_in_flight: s.consumer.mailbox_capacity,
+            eager_in_flight: s.consumer.mongo_writers.min(s.consumer.mailbox_capacity),
             backoff: Backoff::new(
                 Duration::from_millis(s.consumer.restart_backoff_min_ms),
                 Duration::from_millis(s.consumer.restart_backoff_max_ms),

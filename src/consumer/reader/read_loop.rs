@@ -186,7 +186,11 @@ impl ReadLoop {
 
     /// Applies assignment changes reported by the rebalance callback.
     fn apply_rebalances(&self, consumer: &VotesConsumer, st: &mut State) {
-        for event in consumer.context().take() {
+        let events = consumer.context().take();
+        if events.is_empty() {
+            return;
+        }
+        for event in events {
             match event {
                 Rebalanced::Revoked(partitions) => {
                     st.partitions.revoke(&partitions);
@@ -194,15 +198,22 @@ impl ReadLoop {
                 }
                 Rebalanced::Assigned(starts) => st.partitions.assign(&starts),
             }
-            // The partitions assigned now are not paused.
-            st.paused = false;
-            // A commit sent while the group rebalanced may have been refused
-            // ("generation id is not valid"), and no batch may come again for
-            // its partitions: every committable offset goes out once more,
-            // under the new generation.
-            st.partitions.recommit_all();
-            st.commit_at.get_or_insert(Instant::now() + COMMIT_EVERY);
         }
+        // Newly assigned partitions start unpaused (the partitions kept by an
+        // incremental assignment keep their state): while the reader holds
+        // back, it holds them all.
+        if st.paused
+            && let Ok(assignment) = consumer.assignment()
+            && let Err(error) = consumer.pause(&assignment)
+        {
+            tracing::warn!(%error, "pausing the new assignment failed");
+        }
+        // A commit sent while the group rebalanced may have been refused
+        // ("generation id is not valid"), and no batch may come again for
+        // its partitions: every committable offset goes out once more,
+        // under the new generation.
+        st.partitions.recommit_all();
+        st.commit_at.get_or_insert(Instant::now() + COMMIT_EVERY);
     }
 
     async fn take_record(&self, dlq: &DeadLetters, st: &mut State, msg: &BorrowedMessage<'_>) {
