@@ -43,6 +43,8 @@ pub(super) struct ReaderContext {
     pub(super) events: Mutex<Vec<Rebalanced>>,
     /// `events` holds something not taken yet.
     pub(super) pending: AtomicBool,
+    /// Wakes the read loop when an event is pushed.
+    pub(super) rebalanced: tokio::sync::Notify,
     /// Set once the reader stops reading: the consumer is about to close.
     pub(super) closing: AtomicBool,
     /// Set by the first assignment (the group join is complete).
@@ -53,6 +55,9 @@ impl ReaderContext {
     fn push(&self, event: Rebalanced) {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
         self.pending.store(true, Ordering::SeqCst);
+        // The callback runs while the loop polls for records: an idle loop
+        // (nothing to read, nothing in flight) must wake to apply it.
+        self.rebalanced.notify_one();
     }
 
     /// The events since the last call; asked after every record, so the

@@ -27,6 +27,7 @@ pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics
         metrics,
         events: Mutex::new(Vec::new()),
         pending: AtomicBool::new(false),
+        rebalanced: tokio::sync::Notify::new(),
         closing: AtomicBool::new(false),
         assigned_once: AtomicBool::new(false),
     };

@@ -131,6 +131,7 @@ impl ReadLoop {
                     self.completed(&mut st, replies);
                 }
                 _ = sleep_until(wake_at) => {}
+                () = consumer.context().rebalanced.notified() => {}
                 received = consumer.recv(), if hold.polls() => {
                     self.received(&consumer, &dlq, &mut st, received).await;
                 }
