@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use chrono::{DateTime, Utc};
+
+use crate::contest::VotingWindow;
 use crate::vote::Rules;
 
 #[derive(Debug, Parser)]
@@ -87,10 +90,35 @@ pub struct RulesArgs {
 }
 
 impl RulesArgs {
+    /// The rules a record is decoded by (the consumer's; the ingress adds
+    /// `--require-voter`: [`IngressSettings::rules`]).
     pub fn rules(&self) -> Rules {
         Rules {
             rank_max: self.rank_max,
+            require_voter: false,
         }
+    }
+}
+
+/// The voting window, read by the ingress (refuses outside it), the consumer
+/// (marks records received outside it `late`) and the logs app (`/results`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ContestArgs {
+    /// When voting opens, RFC 3339 (e.g. 2026-12-24T20:00:00-06:00). Before it the ingress answers
+    /// 403 voting_not_open / FAILED_PRECONDITION. Unset: open from the start.
+    #[arg(long, env = "VOTING_OPENS_AT", value_parser = crate::contest::parse_instant)]
+    pub voting_opens_at: Option<DateTime<Utc>>,
+    /// When voting closes, RFC 3339. From then on the ingress answers 403 voting_closed /
+    /// FAILED_PRECONDITION, and records received at or after it are logged as `late`, not
+    /// counted. Unset: the contest never closes.
+    #[arg(long, env = "VOTING_CLOSES_AT", value_parser = crate::contest::parse_instant)]
+    pub voting_closes_at: Option<DateTime<Utc>>,
+}
+
+impl ContestArgs {
+    /// The window; an error when it closes before it opens.
+    pub fn window(&self) -> anyhow::Result<VotingWindow> {
+        VotingWindow::new(self.voting_opens_at, self.voting_closes_at).map_err(anyhow::Error::msg)
     }
 }
 
@@ -152,6 +180,10 @@ pub struct IngressArgs {
     /// Address of the HTTP server (POST /votes, /healthz, /readyz, /metrics); port 0 picks a free port.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Refuse votes that do not name their voter (400 invalid_vote, field voter, problem missing /
+    /// INVALID_ARGUMENT): every vote then counts as its voter's rating of the album.
+    #[arg(long, env = "REQUIRE_VOTER", default_value_t = false)]
+    pub require_voter: bool,
     /// Do not serve gRPC (e.g. a Deployment that serves HTTP only).
     #[arg(long, env = "NO_GRPC", default_value_t = false)]
     pub no_grpc: bool,
@@ -244,6 +276,16 @@ pub struct ConsumerArgs {
     /// `eager`: every consumer gives up every partition, then all are handed out again.
     #[arg(long, env = "REBALANCE_PROTOCOL", value_enum, default_value_t = RebalanceProtocol::Cooperative)]
     pub rebalance_protocol: RebalanceProtocol,
+    /// How long a vote id is remembered, in seconds: a record whose vote id was counted at most
+    /// this long before it (by receive time) is a duplicate, counted nowhere. Redis keeps each
+    /// counted id (about 100 bytes) for up to twice this long.
+    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 86_400)]
+    pub dedup_window_secs: u64,
+    /// After --voting-closes-at, how long to wait before taking each partition's end offset,
+    /// in seconds: votes accepted just before the close may reach Kafka up to the ingress's
+    /// produce timeout later. The result is final once everything up to those offsets is counted.
+    #[arg(long, env = "FINAL_GRACE_SECS", default_value_t = 10)]
+    pub final_grace_secs: u64,
 }
 
 /// How partitions move between a group's consumers (`--rebalance-protocol`).
@@ -264,6 +306,14 @@ impl RebalanceProtocol {
 }
 
 impl ConsumerArgs {
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(self.dedup_window_secs)
+    }
+
+    pub fn final_grace(&self) -> Duration {
+        Duration::from_secs(self.final_grace_secs)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
@@ -312,7 +362,19 @@ pub struct IngressSettings {
     #[command(flatten)]
     pub rules: RulesArgs,
     #[command(flatten)]
+    pub contest: ContestArgs,
+    #[command(flatten)]
     pub ingress: IngressArgs,
+}
+
+impl IngressSettings {
+    /// The rules votes are validated by, `--require-voter` included.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            require_voter: self.ingress.require_voter,
+            ..self.rules.rules()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -326,6 +388,8 @@ pub struct ConsumerSettings {
     #[command(flatten)]
     pub rules: RulesArgs,
     #[command(flatten)]
+    pub contest: ContestArgs,
+    #[command(flatten)]
     pub consumer: ConsumerArgs,
 }
 
@@ -335,6 +399,8 @@ pub struct LogsSettings {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub contest: ContestArgs,
     #[command(flatten)]
     pub logs: LogsArgs,
 }
@@ -350,6 +416,8 @@ pub struct AllSettings {
     #[command(flatten)]
     pub rules: RulesArgs,
     #[command(flatten)]
+    pub contest: ContestArgs,
+    #[command(flatten)]
     pub ingress: IngressArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
@@ -362,6 +430,7 @@ impl AllSettings {
         IngressSettings {
             kafka: self.kafka.clone(),
             rules: self.rules,
+            contest: self.contest,
             ingress: self.ingress.clone(),
         }
     }
@@ -372,6 +441,7 @@ impl AllSettings {
             redis: self.redis.clone(),
             mongo: self.mongo.clone(),
             rules: self.rules,
+            contest: self.contest,
             consumer: self.consumer.clone(),
         }
     }
@@ -380,6 +450,7 @@ impl AllSettings {
         LogsSettings {
             redis: self.redis.clone(),
             mongo: self.mongo.clone(),
+            contest: self.contest,
             logs: self.logs.clone(),
         }
     }

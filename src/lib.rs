@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod contest;
 pub mod ingress;
 pub mod log_entry;
 pub mod logs;

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::schema::redis::Outcome;
 use crate::vote::{VoteRecord, format_instant};
 
 /// One vote as the logs app shows it.
@@ -18,6 +19,10 @@ pub struct LogEntry {
     pub year: i64,
     pub rank: f64,
     pub route: String,
+    /// The voter as sent, `None` when anonymous.
+    pub voter: Option<String>,
+    /// What the rules decided (DESIGN.md, "Outcomes").
+    pub outcome: Outcome,
 }
 
 /// The JSON item of `/logs` and `/logs/stream`: the UTC date and time as the
@@ -34,11 +39,27 @@ struct Item<'a, Id: Serialize> {
     year: i64,
     rank: f64,
     route: &'a str,
+    /// Always present: null for an anonymous vote.
+    voter: Option<&'a str>,
+    /// Absent from the consumer's items: its script puts the outcome it
+    /// decided in front of each one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
 }
 
 impl<'a, Id: Serialize> Item<'a, Id> {
     #[allow(clippy::too_many_arguments)]
-    fn new(id: Id, at: &DateTime<Utc>, band: &'a str, album: &'a str, year: i64, rank: f64, route: &'a str) -> Self {
+    fn new(
+        id: Id,
+        at: &DateTime<Utc>,
+        band: &'a str,
+        album: &'a str,
+        year: i64,
+        rank: f64,
+        route: &'a str,
+        voter: Option<&'a str>,
+        outcome: Option<Outcome>,
+    ) -> Self {
         Item {
             id,
             date: at.format("%Y-%m-%d").to_string(),
@@ -49,6 +70,8 @@ impl<'a, Id: Serialize> Item<'a, Id> {
             year,
             rank,
             route,
+            voter,
+            outcome: outcome.map(Outcome::as_str),
         }
     }
 }
@@ -56,7 +79,18 @@ impl<'a, Id: Serialize> Item<'a, Id> {
 impl Serialize for LogEntry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self;
-        Item::new(&e.id, &e.received_at, &e.band, &e.album, e.year, e.rank, &e.route).serialize(s)
+        Item::new(
+            &e.id,
+            &e.received_at,
+            &e.band,
+            &e.album,
+            e.year,
+            e.rank,
+            &e.route,
+            e.voter.as_deref(),
+            Some(e.outcome),
+        )
+        .serialize(s)
     }
 }
 
@@ -76,6 +110,8 @@ impl Serialize for VoteItem<'_> {
             i64::from(v.year),
             v.rank,
             v.route.as_str(),
+            v.voter.as_deref(),
+            None,
         )
         .serialize(s)
     }
@@ -103,6 +139,8 @@ mod tests {
             year: 1995,
             rank: 8.5,
             route: "grpc".into(),
+            voter: Some("u7".into()),
+            outcome: Outcome::Changed,
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(
@@ -117,6 +155,8 @@ mod tests {
                 "year": 1995,
                 "rank": 8.5,
                 "route": "grpc",
+                "voter": "u7",
+                "outcome": "changed",
             })
         );
     }
@@ -137,11 +177,15 @@ mod tests {
             year: 1999,
             rank: 6.5,
             route: "http".into(),
+            voter: None,
+            outcome: Outcome::Counted,
         };
-        assert_eq!(
-            serde_json::to_string(&VoteItem(&vote)).unwrap(),
-            serde_json::to_string(&entry).unwrap()
-        );
+        // The same item but for the outcome, which the consumer's script puts in front.
+        let mut item: serde_json::Value = serde_json::to_value(VoteItem(&vote)).unwrap();
+        assert!(item.get("outcome").is_none());
+        item["outcome"] = "counted".into();
+        assert_eq!(item, serde_json::to_value(&entry).unwrap());
+        assert_eq!(item["voter"], serde_json::Value::Null);
     }
 
     #[test]
@@ -154,6 +198,8 @@ mod tests {
             year: 1998,
             rank: 9.0,
             route: "http".into(),
+            voter: None,
+            outcome: Outcome::Late,
         };
         let key: ItemKey = serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
         assert_eq!(

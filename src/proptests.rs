@@ -80,8 +80,9 @@ proptest! {
         for decoded in [proto::Vote::decode(bytes.as_slice()).map(|v| vec![v]),
                         proto::CastVotesRequest::decode(bytes.as_slice()).map(|r| r.votes)] {
             for v in decoded.unwrap_or_default() {
-                let fields = (v.name.as_deref(), v.album.as_deref(), v.year.map(i64::from), v.rank);
-                if let Ok(vote) = Vote::from_fields(fields.0, fields.1, fields.2, fields.3, &rules) {
+                let year = v.year.map(i64::from);
+                let ids = (v.voter.as_deref(), v.request_id.as_deref());
+                if let Ok(vote) = Vote::from_fields(v.name.as_deref(), v.album.as_deref(), year, v.rank, ids.0, ids.1, &rules) {
                     within_rules(&vote, &rules);
                 }
             }
@@ -94,9 +95,11 @@ proptest! {
         album in proptest::option::of(".{0,120}"),
         year in proptest::option::of(any::<i32>()),
         rank in proptest::option::of(any::<f64>()),
+        voter in proptest::option::of(".{0,140}"),
     ) {
         let rules = Rules::default();
-        if let Ok(vote) = Vote::from_fields(name.as_deref(), album.as_deref(), year.map(i64::from), rank, &rules) {
+        let year = year.map(i64::from);
+        if let Ok(vote) = Vote::from_fields(name.as_deref(), album.as_deref(), year, rank, voter.as_deref(), None, &rules) {
             within_rules(&vote, &rules);
         }
     }

@@ -13,18 +13,27 @@ pub const MAX_NAME_CHARS: usize = 100;
 pub const YEARS: std::ops::RangeInclusive<i64> = 1900..=2100;
 /// Default upper bound of `rank` (some contests rate 1..100: see [`Rules`]).
 pub const DEFAULT_RANK_MAX: f64 = 10.0;
+/// Longest voter id or request id, in characters after trimming.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// The namespace of vote ids derived from a voter and a request id (UUIDv5):
+/// a fixed, random UUID, so the same pair always gives the same id.
+pub const VOTE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a6e_8d1b_4c55_9b7e_52b8_3f0d_a914);
 
 /// Contest-specific validation settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
     /// Highest accepted rank, inclusive; the lowest is 0.
     pub rank_max: f64,
+    /// Whether a vote must name its voter (`--require-voter`).
+    pub require_voter: bool,
 }
 
 impl Default for Rules {
     fn default() -> Self {
         Rules {
             rank_max: DEFAULT_RANK_MAX,
+            require_voter: false,
         }
     }
 }
@@ -42,6 +51,8 @@ pub enum Problem {
     NotAnInteger,
     NotFinite,
     OutOfRange,
+    /// Two values for one thing (a body `request_id` and an `Idempotency-Key` that differ).
+    Conflict,
 }
 
 impl Problem {
@@ -58,6 +69,7 @@ impl Problem {
             Problem::NotAnInteger => "not_an_integer",
             Problem::NotFinite => "not_finite",
             Problem::OutOfRange => "out_of_range",
+            Problem::Conflict => "conflict",
         }
     }
 }
@@ -73,7 +85,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: &'static str, problem: Problem, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, problem: Problem, reason: impl Into<String>) -> Self {
         FieldError {
             field,
             problem,
@@ -89,6 +101,11 @@ pub struct Vote {
     pub album: String,
     pub year: i32,
     pub rank: f64,
+    /// Who votes (an opaque id chosen by the front-end), if said.
+    pub voter: Option<String>,
+    /// The client's id for this request: a retry sends the same one and gets
+    /// the same vote id back, and is counted once.
+    pub request_id: Option<String>,
 }
 
 impl Vote {
@@ -100,17 +117,32 @@ impl Vote {
             album: text("album", album)?,
             year: year_in_range(year)?,
             rank: rank_in_range(rank, rules)?,
+            voter: None,
+            request_id: None,
+        })
+    }
+
+    /// The same vote with a voter and a request id (each validated as
+    /// [`ident`] does); `--require-voter` is checked by the routes' decoders.
+    pub fn with_ids(self, voter: Option<&str>, request_id: Option<&str>) -> Result<Vote, FieldError> {
+        Ok(Vote {
+            voter: voter.map(|v| ident("voter", v)).transpose()?,
+            request_id: request_id.map(|r| ident("request_id", r)).transpose()?,
+            ..self
         })
     }
 
     /// Validates fields that may be absent, as the gRPC route receives them
     /// (proto3 `optional`): an absent field is reported missing rather than
     /// read as its zero value, which would silently make a rank of 0.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_fields(
         name: Option<&str>,
         album: Option<&str>,
         year: Option<i64>,
         rank: Option<f64>,
+        voter: Option<&str>,
+        request_id: Option<&str>,
         rules: &Rules,
     ) -> Result<Vote, FieldError> {
         fn present<T>(field: &'static str, value: Option<T>) -> Result<T, FieldError> {
@@ -122,6 +154,8 @@ impl Vote {
             album: text("album", present("album", album)?)?,
             year: year_in_range(present("year", year)?)?,
             rank: rank_in_range(present("rank", rank)?, rules)?,
+            voter: voter_required(voter.map(|v| ident("voter", v)).transpose()?, rules)?,
+            request_id: request_id.map(|r| ident("request_id", r)).transpose()?,
         })
     }
 
@@ -189,26 +223,69 @@ impl Vote {
                 ));
             }
         };
+        let year = year_in_range(year)?;
+        let rank = rank_in_range(rank, rules)?;
+        // Optional ids: absent or null is "not given".
+        let optional = |key: &'static str| match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => ident(key, s).map(Some),
+            Some(other) => Err(FieldError::new(
+                key,
+                Problem::WrongType,
+                format!("must be a string, got {}", kind_of(other)),
+            )),
+        };
         Ok(Vote {
             name,
             album,
-            year: year_in_range(year)?,
-            rank: rank_in_range(rank, rules)?,
+            year,
+            rank,
+            voter: voter_required(optional("voter")?, rules)?,
+            request_id: optional("request_id")?,
         })
     }
 
-    /// Stamps an accepted vote with its id, receive time and route.
+    /// Stamps an accepted vote with its id, receive time and route. With a
+    /// request id the vote id is derived from it and the voter
+    /// ([`vote_id_of`]), so a retried request gets the same id; otherwise it
+    /// is a new UUIDv7.
     pub fn stamp(self, route: Route, received_at: DateTime<Utc>) -> VoteRecord {
+        let id = match &self.request_id {
+            Some(request_id) => vote_id_of(self.voter.as_deref(), request_id),
+            None => Uuid::now_v7(),
+        };
         VoteRecord {
-            id: Uuid::now_v7(),
+            id,
             name: self.name,
             album: self.album,
             year: self.year,
             rank: self.rank,
             route,
             received_at,
+            voter: self.voter,
+            request_id: self.request_id,
         }
     }
+}
+
+/// The vote id of a request: UUIDv5 of `"<voter>\n<request id>"` (the voter
+/// empty when anonymous) in [`VOTE_ID_NAMESPACE`]. Ids hold no newline, so
+/// two different pairs never name the same text.
+pub fn vote_id_of(voter: Option<&str>, request_id: &str) -> Uuid {
+    let name = format!("{}\n{request_id}", voter.unwrap_or(""));
+    Uuid::new_v5(&VOTE_ID_NAMESPACE, name.as_bytes())
+}
+
+/// `--require-voter`: a vote without a voter is refused.
+fn voter_required(voter: Option<String>, rules: &Rules) -> Result<Option<String>, FieldError> {
+    if rules.require_voter && voter.is_none() {
+        return Err(FieldError::new(
+            "voter",
+            Problem::Missing,
+            "is required: this contest counts voters (--require-voter)",
+        ));
+    }
+    Ok(voter)
 }
 
 /// Which ingress route a vote came through.
@@ -230,7 +307,8 @@ impl Route {
     }
 }
 
-/// The Kafka record value: key = `id`, value = this as JSON.
+/// The Kafka record value: key = the voter when there is one (so a voter's
+/// votes keep their order in one partition), else `id`; value = this as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VoteRecord {
     pub id: Uuid,
@@ -241,6 +319,10 @@ pub struct VoteRecord {
     pub route: Route,
     #[serde(with = "rfc3339_millis")]
     pub received_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl VoteRecord {
@@ -257,12 +339,23 @@ impl VoteRecord {
         }
         let record: VoteRecord = serde_json::from_slice(bytes).map_err(|e| format!("not a vote record: {e}"))?;
         let checked = Vote::new(&record.name, &record.album, record.year.into(), record.rank, rules)
+            .and_then(|v| v.with_ids(record.voter.as_deref(), record.request_id.as_deref()))
             .map_err(|e| format!("invalid vote: {e}"))?;
         Ok(VoteRecord {
             name: checked.name,
             album: checked.album,
+            voter: checked.voter,
+            request_id: checked.request_id,
             ..record
         })
+    }
+
+    /// The Kafka record key: the voter, or the vote id for an anonymous vote.
+    pub fn key(&self) -> String {
+        match &self.voter {
+            Some(voter) => voter.clone(),
+            None => self.id.to_string(),
+        }
     }
 
     /// `"<band> / <album>"`, the field of the per-album Redis hashes.
@@ -304,16 +397,26 @@ mod rfc3339_millis {
 /// A band or album name: trimmed, not empty, at most [`MAX_NAME_CHARS`]
 /// characters, no control characters.
 pub(crate) fn text(field: &'static str, raw: &str) -> Result<String, FieldError> {
+    bounded(field, raw, MAX_NAME_CHARS)
+}
+
+/// A voter id or request id: trimmed, 1..=[`MAX_ID_CHARS`] characters, no
+/// control characters.
+pub(crate) fn ident(field: &'static str, raw: &str) -> Result<String, FieldError> {
+    bounded(field, raw, MAX_ID_CHARS)
+}
+
+fn bounded(field: &'static str, raw: &str, max: usize) -> Result<String, FieldError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
         return Err(FieldError::new(field, Problem::Empty, "must not be empty"));
     }
     let chars = trimmed.chars().count();
-    if chars > MAX_NAME_CHARS {
+    if chars > max {
         return Err(FieldError::new(
             field,
             Problem::TooLong,
-            format!("must be at most {MAX_NAME_CHARS} characters, got {chars}"),
+            format!("must be at most {max} characters, got {chars}"),
         ));
     }
     // MongoDB strings cannot hold NUL, and control characters break the log page.
@@ -393,7 +496,9 @@ mod tests {
                 name: "Bohemia Suburbana".into(),
                 album: "Jamás".into(),
                 year: 1997,
-                rank: 9.5
+                rank: 9.5,
+                voter: None,
+                request_id: None,
             }
         );
     }
@@ -543,7 +648,10 @@ mod tests {
         );
         assert!(check(json!({"name": "a", "album": "b", "year": 2000, "rank": 0})).is_ok());
         assert!(check(json!({"name": "a", "album": "b", "year": 2000, "rank": "10"})).is_ok());
-        let hundred = Rules { rank_max: 100.0 };
+        let hundred = Rules {
+            rank_max: 100.0,
+            ..Rules::default()
+        };
         assert!(Vote::from_json(&json!({"name": "a", "album": "b", "year": 2000, "rank": 87}), &hundred).is_ok());
     }
 
@@ -565,18 +673,18 @@ mod tests {
     #[test]
     fn absent_typed_fields_are_missing_not_zero() {
         let r = rules();
-        assert!(Vote::from_fields(Some("a"), Some("b"), Some(2000), Some(0.0), &r).is_ok());
+        assert!(Vote::from_fields(Some("a"), Some("b"), Some(2000), Some(0.0), None, None, &r).is_ok());
         let missing = |e: FieldError| (e.field, e.problem);
         assert_eq!(
-            missing(Vote::from_fields(Some("a"), Some("b"), Some(2000), None, &r).unwrap_err()),
+            missing(Vote::from_fields(Some("a"), Some("b"), Some(2000), None, None, None, &r).unwrap_err()),
             ("rank", Problem::Missing)
         );
         assert_eq!(
-            missing(Vote::from_fields(None, None, None, None, &r).unwrap_err()),
+            missing(Vote::from_fields(None, None, None, None, None, None, &r).unwrap_err()),
             ("name", Problem::Missing)
         );
         assert_eq!(
-            missing(Vote::from_fields(Some(""), None, Some(2000), Some(1.0), &r).unwrap_err()),
+            missing(Vote::from_fields(Some(""), None, Some(2000), Some(1.0), None, None, &r).unwrap_err()),
             ("name", Problem::Empty)
         );
     }
@@ -598,6 +706,76 @@ mod tests {
     }
 
     #[test]
+    fn voter_and_request_id_are_optional_trimmed_and_bounded() {
+        let v = check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": " u1 ", "request_id": "r-9"}))
+            .unwrap();
+        assert_eq!((v.voter.as_deref(), v.request_id.as_deref()), (Some("u1"), Some("r-9")));
+        let v = check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": null})).unwrap();
+        assert_eq!((v.voter, v.request_id), (None, None));
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": "  "})),
+            ("voter", Problem::Empty)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": 7})),
+            ("voter", Problem::WrongType)
+        );
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "request_id": "x".repeat(129)})),
+            ("request_id", Problem::TooLong)
+        );
+        assert!(check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "request_id": "é".repeat(128)})).is_ok());
+        assert_eq!(
+            problem(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": "a\nb"})),
+            ("voter", Problem::ForbiddenCharacter)
+        );
+        let r = rules();
+        let typed = Vote::from_fields(Some("a"), Some("b"), Some(2000), Some(1.0), Some(""), None, &r);
+        assert_eq!(typed.unwrap_err().field, "voter");
+    }
+
+    #[test]
+    fn require_voter_refuses_anonymous_votes_on_both_decoders() {
+        let strict = Rules {
+            require_voter: true,
+            ..Rules::default()
+        };
+        let e = Vote::from_json(&json!({"name": "a", "album": "b", "year": 2000, "rank": 1}), &strict).unwrap_err();
+        assert_eq!((e.field, e.problem), ("voter", Problem::Missing));
+        let e = Vote::from_fields(Some("a"), Some("b"), Some(2000), Some(1.0), None, None, &strict).unwrap_err();
+        assert_eq!((e.field, e.problem), ("voter", Problem::Missing));
+        assert!(Vote::from_fields(Some("a"), Some("b"), Some(2000), Some(1.0), Some("u"), None, &strict).is_ok());
+    }
+
+    #[test]
+    fn a_request_id_gives_the_same_vote_id_every_time_and_the_voter_keys_the_record() {
+        let at = Utc::now();
+        let vote = |voter: Option<&str>, request: Option<&str>| {
+            Vote::new("a", "b", 2000, 5.0, &rules())
+                .unwrap()
+                .with_ids(voter, request)
+                .unwrap()
+                .stamp(Route::Http, at)
+        };
+        let first = vote(Some("u1"), Some("r1"));
+        assert_eq!(first.id, vote(Some("u1"), Some("r1")).id, "a retry gets the same id");
+        assert_eq!(first.id.get_version_num(), 5);
+        assert_ne!(first.id, vote(Some("u2"), Some("r1")).id, "another voter's request");
+        assert_ne!(first.id, vote(None, Some("r1")).id);
+        assert_eq!(vote(None, Some("r1")).id, vote(None, Some("r1")).id);
+        assert_ne!(vote(None, None).id, vote(None, None).id, "without a request id every vote is new");
+        assert_eq!(first.key(), "u1");
+        let anonymous = vote(None, Some("r1"));
+        assert_eq!(anonymous.key(), anonymous.id.to_string());
+        let json: Value = serde_json::from_slice(&first.to_json()).unwrap();
+        assert_eq!((json["voter"].as_str(), json["request_id"].as_str()), (Some("u1"), Some("r1")));
+        let plain: Value = serde_json::from_slice(&vote(None, None).to_json()).unwrap();
+        assert!(plain.get("voter").is_none() && plain.get("request_id").is_none());
+        let back = VoteRecord::decode(&first.to_json(), &rules()).unwrap();
+        assert_eq!((back.id, back.voter, back.request_id), (first.id, first.voter, first.request_id));
+    }
+
+    #[test]
     fn decoding_rejects_poison_records() {
         let r = rules();
         assert!(VoteRecord::decode(b"", &r).is_err());
@@ -606,5 +784,7 @@ mod tests {
         assert!(VoteRecord::decode(bad_rank, &r).unwrap_err().contains("rank"));
         let bad_type = br#"{"id":"0190a5a0-0000-7000-8000-000000000000","name":"a","album":"b","year":"2000","rank":1,"route":"http","received_at":"2026-11-26T18:25:39.123Z"}"#;
         assert!(VoteRecord::decode(bad_type, &r).is_err());
+        let bad_voter = br#"{"id":"0190a5a0-0000-7000-8000-000000000000","name":"a","album":"b","year":2000,"rank":1,"route":"http","received_at":"2026-11-26T18:25:39.123Z","voter":""}"#;
+        assert!(VoteRecord::decode(bad_voter, &r).unwrap_err().contains("voter"));
     }
 }

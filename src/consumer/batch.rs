@@ -5,11 +5,12 @@
 //! replay (skip) from a gap (Redis lost data).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::schema::redis::Outcome;
 use crate::vote::VoteRecord;
 
 /// One Kafka record as the sinks see it.
@@ -38,6 +39,10 @@ pub struct Batch {
     pub topic: String,
     pub entries: Vec<Entry>,
     pub ranges: Vec<PartitionRange>,
+    /// What the Redis script decided for each vote, in the order of
+    /// [`Batch::votes`]: set once it applied the batch, read by the Mongo
+    /// logger, which writes the batch only after that.
+    pub outcomes: OnceLock<Vec<Outcome>>,
 }
 
 pub type SharedBatch = Arc<Batch>;
@@ -159,6 +164,7 @@ impl Batcher {
             topic: topic.to_owned(),
             entries,
             ranges,
+            outcomes: OnceLock::new(),
         }
     }
 }

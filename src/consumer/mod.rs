@@ -12,6 +12,7 @@
 mod aggregate;
 mod batch;
 mod commit;
+mod contest;
 mod http;
 mod metrics;
 mod mongo_sink;
@@ -70,6 +71,11 @@ impl Consumer {
         anyhow::ensure!(
             c.group_instance_id.as_ref().is_none_or(|id| !id.trim().is_empty()),
             "--group-instance-id must not be blank"
+        );
+        settings.contest.window()?;
+        anyhow::ensure!(
+            i64::try_from(c.dedup_window_secs).is_ok_and(|s| s <= i64::MAX / 1000),
+            "--dedup-window-secs is too large"
         );
         let wanted = settings.consumer.consumer_http_addr;
         let listener = TcpListener::bind(wanted).with_context(|| format!("binding {wanted}"))?;
@@ -136,8 +142,15 @@ async fn serve(
 
     // The sinks' mailboxes hold what the reader may have in flight (see sink.rs).
     let config = ReaderConfig::from_settings(&settings);
+    let window = settings.contest.window()?;
+    let dedup_ms = settings.consumer.dedup_window().as_millis() as i64;
     let redis = RedisAggregator::new(
-        RedisWriter::new(&settings.redis.redis_url, config.keys.clone(), metrics.clone()),
+        RedisWriter::new(
+            &settings.redis.redis_url,
+            config.keys.clone(),
+            window.script_window(dedup_ms),
+            metrics.clone(),
+        ),
         config.max_in_flight,
         1,
         config.backoff.clone(),
@@ -154,6 +167,15 @@ async fn serve(
     .start_supervised();
 
     let (stop, stop_rx) = watch::channel(false);
+    let watch = contest::ContestWatch {
+        window,
+        grace: settings.consumer.final_grace(),
+        keys: config.keys.clone(),
+        redis_url: settings.redis.redis_url.clone(),
+        brokers: settings.kafka.kafka_brokers.clone(),
+        topic: settings.kafka.votes_topic.clone(),
+    };
+    actix::spawn(watch.run(stop_rx.clone()));
     let (finished_tx, mut finished) = watch::channel(ReaderEnd::Running);
     let reader_metrics = metrics.clone();
     let _reader =
@@ -206,6 +228,16 @@ mod tests {
                 "--restart-backoff-min-ms",
             ),
             (&["--group-instance-id", " "], "--group-instance-id"),
+            (
+                &[
+                    "--voting-opens-at",
+                    "2026-12-24T20:00:00Z",
+                    "--voting-closes-at",
+                    "2026-12-24T19:00:00Z",
+                ],
+                "--voting-closes-at",
+            ),
+            (&["--dedup-window-secs", "18446744073709551615"], "--dedup-window-secs"),
         ] {
             let error = built(flags).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(error.contains(named), "{flags:?}: {error:?}");

@@ -1,6 +1,7 @@
-//! The Mongo logger: one document per vote, written with an unordered
-//! `insert_many` per batch. The vote id is the `_id`, so a replayed vote hits a
-//! duplicate-key error, which means "already logged", not a failure.
+//! The Mongo logger: one document per vote record, with the outcome the Redis
+//! script decided, written with an unordered `insert_many` per batch. The
+//! record's position is the `_id`, so a replayed record hits a duplicate-key
+//! error, which means "already logged", not a failure.
 
 use mongodb::Collection;
 use mongodb::bson::{self, doc};
@@ -68,9 +69,13 @@ impl Sink for MongoWriter {
     ) -> impl Future<Output = Result<Written, WriteFailure>> + 'static {
         async move {
             let now = bson::DateTime::now();
+            let Some(outcomes) = batch.outcomes.get() else {
+                return Err(WriteFailure::Io("mongo: the batch reached the logger before Redis decided it".into()));
+            };
             let docs: Vec<LogDocument> = batch
                 .votes()
-                .map(|(e, v)| LogDocument::of(v, e.partition, e.offset, now))
+                .zip(outcomes)
+                .map(|((e, v), &outcome)| LogDocument::of(v, &batch.topic, (e.partition, e.offset), outcome, now))
                 .collect();
             if docs.is_empty() {
                 return Ok(Written { votes: 0 });

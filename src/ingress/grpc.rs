@@ -45,6 +45,7 @@ impl From<CastError> for Status {
             }
             CastError::BatchTooLong { .. } | CastError::EmptyBatch => Status::invalid_argument(e.to_string()),
             CastError::Unavailable(_) => Status::unavailable(e.to_string()),
+            CastError::NotOpen(_) | CastError::Closed(_) => Status::failed_precondition(e.to_string()),
         }
     }
 }
@@ -61,6 +62,8 @@ impl VoteApi {
             vote.album.as_deref(),
             vote.year.map(i64::from),
             vote.rank,
+            vote.voter.as_deref(),
+            vote.request_id.as_deref(),
             self.intake.rules(),
         )
     }

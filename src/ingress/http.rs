@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::intake::{CastError, Intake, Outcome};
 use crate::config::IngressArgs;
 use crate::ops::{self, Dependency, Probes, Readiness};
-use crate::vote::{Route, Vote, format_instant, kind_of};
+use crate::vote::{FieldError, Problem, Route, Vote, format_instant, ident, kind_of};
 
 /// Why `POST /votes` was not (wholly) accepted, with its HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +51,7 @@ impl HttpError {
             HttpError::UnreadableBody(_) => "unreadable_body",
             HttpError::MalformedJson(_) => "malformed_json",
             HttpError::NotObjectOrArray(_) => "not_object_or_array",
-            HttpError::Cast(CastError::Invalid(_)) => "invalid_vote",
-            HttpError::Cast(CastError::BatchTooLong { .. }) => "batch_too_long",
-            HttpError::Cast(CastError::EmptyBatch) => "empty_batch",
-            HttpError::Cast(CastError::Unavailable(e)) => e.code(),
+            HttpError::Cast(e) => e.code(),
         }
     }
 
@@ -84,6 +81,7 @@ impl ResponseError for HttpError {
             HttpError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Cast(CastError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Cast(CastError::NotOpen(_) | CastError::Closed(_)) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -233,16 +231,23 @@ async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -
     let body = read_body(request, payload, state.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&body).map_err(HttpError::MalformedJson)?;
     let rules = state.intake.rules();
+    let key = request.headers().get(IDEMPOTENCY_KEY);
     match &value {
         Value::Object(_) => {
-            let record = state
-                .intake
-                .cast_one(Route::Http, Vote::from_json(&value, rules))
-                .await?;
+            let vote = Vote::from_json(&value, rules).and_then(|vote| with_idempotency_key(vote, key));
+            let record = state.intake.cast_one(Route::Http, vote).await?;
             Ok(HttpResponse::Ok().json(AcceptedReply {
                 id: record.id,
                 received_at: format_instant(&record.received_at),
             }))
+        }
+        Value::Array(_) if key.is_some() => {
+            state.intake.metrics().rejected(Route::Http, Problem::Conflict.code());
+            Err(HttpError::Cast(CastError::Invalid(FieldError::new(
+                "request_id",
+                Problem::Conflict,
+                "the Idempotency-Key header applies to a single vote; give each item of an array its own request_id",
+            ))))
         }
         Value::Array(items) => {
             let votes = items.iter().map(|item| Vote::from_json(item, rules));
@@ -250,6 +255,36 @@ async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -
             Ok(HttpResponse::Ok().json(BatchReply::new(outcomes)))
         }
         other => Err(HttpError::NotObjectOrArray(kind_of(other))),
+    }
+}
+
+/// The header a client names its request by, for a single vote: the vote's
+/// `request_id` when the body has none (RFC draft "The Idempotency-Key HTTP
+/// Header Field").
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// `vote` with the `Idempotency-Key` header as its request id: refused when
+/// the header is not valid text or the body names another request id.
+fn with_idempotency_key(vote: Vote, key: Option<&HeaderValue>) -> Result<Vote, FieldError> {
+    let Some(key) = key else { return Ok(vote) };
+    let key = key.to_str().map_err(|_| {
+        FieldError::new(
+            "request_id",
+            Problem::ForbiddenCharacter,
+            "the Idempotency-Key header must be visible ASCII",
+        )
+    })?;
+    let key = ident("request_id", key)?;
+    match &vote.request_id {
+        Some(body) if *body != key => Err(FieldError::new(
+            "request_id",
+            Problem::Conflict,
+            "the body's request_id and the Idempotency-Key header differ",
+        )),
+        _ => Ok(Vote {
+            request_id: Some(key),
+            ..vote
+        }),
     }
 }
 

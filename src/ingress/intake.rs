@@ -6,6 +6,8 @@
 
 use chrono::Utc;
 
+use crate::contest::{Phase, VotingWindow};
+
 use super::metrics::Metrics;
 use super::producer::{ProduceError, VoteProducer};
 use crate::vote::{FieldError, Route, Rules, Vote, VoteRecord};
@@ -19,9 +21,29 @@ pub enum CastError {
     BatchTooLong { len: usize, max: usize },
     #[error("a batch must hold at least one vote")]
     EmptyBatch,
+    /// Outside the voting window: before it opens.
+    #[error("voting has not opened yet: it opens at {0}")]
+    NotOpen(String),
+    /// Outside the voting window: after it closed.
+    #[error("voting closed at {0}")]
+    Closed(String),
     /// Kafka acknowledged none of the request's valid votes.
     #[error("{0}")]
     Unavailable(ProduceError),
+}
+
+impl CastError {
+    /// The stable code of a window refusal (the HTTP error, the metrics reason).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CastError::Invalid(_) => "invalid_vote",
+            CastError::BatchTooLong { .. } => "batch_too_long",
+            CastError::EmptyBatch => "empty_batch",
+            CastError::NotOpen(_) => "voting_not_open",
+            CastError::Closed(_) => "voting_closed",
+            CastError::Unavailable(e) => e.code(),
+        }
+    }
 }
 
 /// The fate of one item of a batch.
@@ -37,15 +59,23 @@ pub struct Intake {
     producer: VoteProducer,
     metrics: Metrics,
     rules: Rules,
+    window: VotingWindow,
     max_batch: usize,
 }
 
 impl Intake {
-    pub fn new(producer: VoteProducer, metrics: Metrics, rules: Rules, max_batch: usize) -> Intake {
+    pub fn new(
+        producer: VoteProducer,
+        metrics: Metrics,
+        rules: Rules,
+        window: VotingWindow,
+        max_batch: usize,
+    ) -> Intake {
         Intake {
             producer,
             metrics,
             rules,
+            window,
             max_batch,
         }
     }
@@ -79,13 +109,27 @@ impl Intake {
         Err(refused)
     }
 
+    /// Refuses (and counts as refused) a request outside the voting window.
+    fn check_window(&self, route: Route, now: chrono::DateTime<Utc>) -> Result<(), CastError> {
+        let instant = |t: Option<chrono::DateTime<Utc>>| t.map(|t| crate::vote::format_instant(&t)).unwrap_or_default();
+        let refused = match self.window.phase(now) {
+            Phase::Open => return Ok(()),
+            Phase::NotOpen => CastError::NotOpen(instant(self.window.opens_at)),
+            Phase::Closed => CastError::Closed(instant(self.window.closes_at)),
+        };
+        self.metrics.request_refused(route, refused.code());
+        Err(refused)
+    }
+
     /// One vote: produced if valid; the record once Kafka has it.
     pub async fn cast_one(&self, route: Route, vote: Result<Vote, FieldError>) -> Result<VoteRecord, CastError> {
+        let now = Utc::now();
+        self.check_window(route, now)?;
         let vote = vote.map_err(|e| {
             self.metrics.rejected(route, e.problem.code());
             CastError::Invalid(e)
         })?;
-        let record = vote.stamp(route, Utc::now());
+        let record = vote.stamp(route, now);
         let _in_flight = self.metrics.in_flight(route, 1);
         match self.producer.send(&record).await {
             Ok(latency) => {
@@ -112,6 +156,7 @@ impl Intake {
     {
         self.check_batch_len(route, votes.len())?;
         let received_at = Utc::now();
+        self.check_window(route, received_at)?;
         let items: Vec<Result<VoteRecord, FieldError>> =
             votes.map(|vote| vote.map(|v| v.stamp(route, received_at))).collect();
         let records: Vec<&VoteRecord> = items.iter().filter_map(|item| item.as_ref().ok()).collect();

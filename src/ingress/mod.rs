@@ -47,7 +47,8 @@ impl Ingress {
             "--no-grpc and --no-http-votes together leave no way to send a vote"
         );
         let producer = VoteProducer::new(&settings.kafka, &args.producer).context("creating the Kafka producer")?;
-        let intake = Intake::new(producer, Metrics::new(), settings.rules.rules(), args.max_batch);
+        let window = settings.contest.window()?;
+        let intake = Intake::new(producer, Metrics::new(), settings.rules(), window, args.max_batch);
         let http = TcpListener::bind(args.http_addr).context("binding the HTTP listener")?;
         let http_addr = http.local_addr()?;
         let grpc = if args.no_grpc {

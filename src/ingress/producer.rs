@@ -90,12 +90,12 @@ impl VoteProducer {
         &self.topic
     }
 
-    /// Produces one record (key = vote id, value = its JSON) and waits for
+    /// Produces one record (key = the voter, or the vote id when anonymous; value = its JSON) and waits for
     /// Kafka's acknowledgement, at most the produce timeout. Returns the time
     /// the acknowledgement took.
     pub async fn send(&self, record: &VoteRecord) -> Result<Duration, ProduceError> {
         let started = Instant::now();
-        let key = record.id.to_string();
+        let key = record.key();
         let payload = record.to_json();
         let delivery = self.producer.send(
             FutureRecord::to(&self.topic).key(&key).payload(&payload),

@@ -356,6 +356,8 @@ mod tests {
             year: 2000,
             rank: 5.0,
             route: "http".into(),
+            voter: None,
+            outcome: crate::schema::redis::Outcome::Counted,
         })
         .unwrap()
     }

@@ -1,44 +1,115 @@
--- Applies one pre-aggregated batch atomically (its types: src/schema/redis.rs).
--- KEYS (RedisKeys::script_keys): total, by_band, by_album, by_route, rank_sum, rank_avg, timeline, offsets, logs_tail
--- ARGV[1]: JSON Deltas {ranges = [{field, prev, first, last}, ...], total, band, album, route, rank}
+-- Decides and applies one batch of records atomically (its types: src/schema/redis.rs;
+-- the rules: DESIGN.md, "Outcomes").
+-- KEYS (RedisKeys::script_keys): see the `local ... = unpack(KEYS)` line below.
+-- ARGV[1]: JSON Decide {ranges = [{field, prev, first, last}], records = [{i, v?, b, a, r, k, t, p, o}],
+--          opens?, closes?, dedup}: every record of the batch that carries a vote, in batch order;
+--          p is the index (1-based) of the record's range, o its offset, k its rank in millionths,
+--          t its receive time in ms.
 -- ARGV[2]: the approximate number of entries the logs_tail stream is capped at
--- ARGV[3]: the newly counted votes as one JSON array of log items (stored as is)
--- Returns (ApplyReply) {'ok', total} | {'adjust', field, stored, ...} | {'gap', field, stored}
+-- ARGV[3]: the records' log items (JSON objects), one per line, in the order of `records`
+-- Returns (ApplyReply) {'ok', total, decided, outcomes} | {'gap', field, stored}
+--   decided: how many records were decided now (the others, in a replay, are told again).
+--   outcomes: one letter per record: c counted, x changed, d duplicate, l late.
 -- The keys by name, in the order of RedisKeys::script_keys.
-local total, by_band, by_album, by_route, rank_sum_by_album, rank_avg_by_album, timeline, offsets, logs_tail = unpack(KEYS)
+local total, by_band, by_album, by_route, rank_sum_by_album, rank_avg_by_album, timeline, offsets, logs_tail, received, by_outcome, voters_total, voters_seen, ratings, votes_seen, seen_sweep = unpack(KEYS)
 local a = cjson.decode(ARGV[1])
-local adjust = {}
-for _, r in ipairs(a.ranges) do
-  local stored = tonumber(redis.call('HGET', offsets, r.field) or '-1')
-  if stored < r.prev then
+local stored = {}
+for n, r in ipairs(a.ranges) do
+  local s = tonumber(redis.call('HGET', offsets, r.field) or '-1')
+  if s < r.prev then
     -- Redis has not seen the records just before this batch: it lost data.
-    return {'gap', r.field, tostring(stored)}
+    return {'gap', r.field, tostring(s)}
   end
-  if stored >= r.first then
-    -- Some records were counted before (a replay): the caller drops them and retries.
-    table.insert(adjust, r.field)
-    table.insert(adjust, tostring(stored))
+  stored[n] = s
+end
+local opens, closes, dedup = a.opens, a.closes, a.dedup
+local names = {c = 'counted', x = 'changed', d = 'duplicate', l = 'late'}
+local letters, tail = {}, {}
+local band, album, rank, route, outcome = {}, {}, {}, {}, {c = 0, x = 0, d = 0, l = 0}
+local new_total, decided, new_voters, max_t = 0, 0, 0, 0
+local items = string.gmatch(ARGV[3], '[^\n]+')
+local function add(t, k, v) t[k] = (t[k] or 0) + v end
+for n, r in ipairs(a.records) do
+  local item = items()
+  local seen = redis.call('HGET', votes_seen, r.i)
+  local letter
+  if r.o <= stored[r.p] then
+    -- Decided before (a replay): tell what was decided, change nothing.
+    if seen then
+      local _, _, p, o, l = string.find(seen, '^%d+ (%S+) (%S+) (%a)$')
+      if (a.ranges[r.p].field .. ' ' .. r.o) == (p .. ' ' .. o) then letter = l else letter = 'd' end
+    else
+      letter = 'l'
+    end
+  else
+    if r.t > max_t then max_t = r.t end
+    local seen_at = seen and tonumber(string.match(seen, '^(%d+)'))
+    if seen_at and r.t - seen_at <= dedup then
+      letter = 'd'
+    elseif (opens and r.t < opens) or (closes and r.t >= closes) then
+      letter = 'l'
+    elseif r.v then
+      local key = r.v .. '\n' .. r.a
+      local old = redis.call('HGET', ratings, key)
+      redis.call('HSET', ratings, key, r.k)
+      if old then
+        letter = 'x'
+        add(rank, r.a, r.k - tonumber(old))
+      else
+        letter = 'c'
+        new_voters = new_voters + redis.call('SADD', voters_seen, r.v)
+      end
+    else
+      letter = 'c'
+    end
+    if letter == 'c' then
+      add(band, r.b, 1)
+      add(album, r.a, 1)
+      add(rank, r.a, r.k)
+      new_total = new_total + 1
+    end
+    if letter == 'c' or letter == 'x' then
+      redis.call('HSET', votes_seen, r.i, r.t .. ' ' .. a.ranges[r.p].field .. ' ' .. r.o .. ' ' .. letter)
+    end
+    outcome[letter] = outcome[letter] + 1
+    add(route, r.r, 1)
+    decided = decided + 1
+    table.insert(tail, '{"outcome":"' .. names[letter] .. '",' .. string.sub(item, 2))
   end
+  letters[n] = letter
 end
-if #adjust > 0 then
-  table.insert(adjust, 1, 'adjust')
-  return adjust
+for n, r in ipairs(a.ranges) do
+  if r.last > stored[n] then redis.call('HSET', offsets, r.field, r.last) end
 end
-for _, r in ipairs(a.ranges) do
-  redis.call('HSET', offsets, r.field, r.last)
-end
-local new_total = redis.call('INCRBY', total, a.total)
-if a.total > 0 then
-  for k, v in pairs(a.band) do redis.call('HINCRBY', by_band, k, v) end
-  for k, v in pairs(a.route) do redis.call('HINCRBY', by_route, k, v) end
-  for k, v in pairs(a.album) do
-    local count = redis.call('HINCRBY', by_album, k, v)
-    local sum = tonumber(redis.call('HINCRBYFLOAT', rank_sum_by_album, k, a.rank[k]))
-    redis.call('HSET', rank_avg_by_album, k, string.format('%.2f', sum / count))
+local now_total = redis.call('INCRBY', total, new_total)
+if decided > 0 then
+  for k, v in pairs(band) do redis.call('HINCRBY', by_band, k, v) end
+  for k, v in pairs(route) do redis.call('HINCRBY', by_route, k, v) end
+  for k, v in pairs(rank) do
+    local count = tonumber(redis.call('HINCRBY', by_album, k, album[k] or 0))
+    local sum = tonumber(redis.call('HINCRBY', rank_sum_by_album, k, string.format('%d', v)))
+    redis.call('HSET', rank_avg_by_album, k, string.format('%.2f', sum / count / 1000000))
   end
-  redis.call('XADD', timeline, 'MAXLEN', '~', '10000', '*', 'total', new_total, 'delta', a.total)
-  -- The live page's tail: the newly counted votes once, in batch order, one entry per batch,
+  for l, v in pairs(outcome) do
+    if v > 0 then redis.call('HINCRBY', by_outcome, names[l], v) end
+  end
+  local now_received = redis.call('INCRBY', received, decided)
+  if new_voters > 0 then redis.call('INCRBY', voters_total, new_voters) end
+  redis.call('XADD', timeline, 'MAXLEN', '~', '10000', '*', 'total', now_total, 'delta', new_total,
+    'received', now_received, 'counted', outcome.c, 'changed', outcome.x, 'duplicate', outcome.d, 'late', outcome.l)
+  -- The live page's tail: the newly decided records once, in batch order, one entry per batch,
   -- under the field LOGS_TAIL_FIELD names.
-  redis.call('XADD', logs_tail, 'MAXLEN', '~', ARGV[2], '*', 'logs', ARGV[3])
+  redis.call('XADD', logs_tail, 'MAXLEN', '~', ARGV[2], '*', 'logs', '[' .. table.concat(tail, ',') .. ']')
+  -- Forget, a little per batch, the vote ids received long before the newest record: twice the
+  -- window, so that records of a partition read behind the others are still judged by their own window.
+  local sweep = redis.call('HMGET', seen_sweep, 'cursor', 'newest')
+  local newest = math.max(tonumber(sweep[2] or '0'), max_t)
+  local next = redis.call('HSCAN', votes_seen, sweep[1] or '0', 'COUNT', 64)
+  local fields = next[2]
+  for f = 1, #fields, 2 do
+    local at = tonumber(string.match(fields[f + 1], '^(%d+)'))
+    if at and at < newest - 2 * dedup then redis.call('HDEL', votes_seen, fields[f]) end
+  end
+  redis.call('HSET', seen_sweep, 'cursor', next[1], 'newest', string.format('%d', newest))
 end
-return {'ok', tostring(new_total)}
+return {'ok', tostring(now_total), tostring(decided), table.concat(letters)}

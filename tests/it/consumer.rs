@@ -3,7 +3,7 @@
 //! crashes, restarts of its stores, two consumers and poison records.
 
 use std::time::Duration;
-use votestream::schema::redis::RedisKeys;
+use votestream::schema::redis::{Outcome, RedisKeys};
 
 use crate::common::eventually;
 use crate::pipeline::{ConsumerProcess, World, assert_exact, produce, produce_raw, votes, wait_for_total};
@@ -510,7 +510,10 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
                 let n = chunk * 5_000 + i;
                 let at = mongodb::bson::DateTime::from_millis(start + n);
                 LogDocument {
-                    id: uuid::Uuid::now_v7().to_string(),
+                    id: LogDocument::position("votes", (n % 6) as i32, n),
+                    vote_id: Some(uuid::Uuid::now_v7().to_string()),
+                    voter: None,
+                    outcome: Outcome::Counted,
                     received_at: at,
                     logged_at: at,
                     name: "Alux Nahual".into(),

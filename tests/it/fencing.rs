@@ -11,7 +11,7 @@ use votestream::consumer::ConsumerMetrics;
 use votestream::consumer::RedisWriter;
 use votestream::consumer::{Batch, Entry, PartitionRange, SharedBatch};
 use votestream::consumer::{Sink, SinkError, WriteFailure};
-use votestream::schema::redis::{LOGS_TAIL_FIELD, RedisKeys, offsets_field};
+use votestream::schema::redis::{LOGS_TAIL_FIELD, RedisKeys, Window, offsets_field};
 use votestream::stores::STORE_TIMEOUT;
 use votestream::stores::redis_pool;
 use votestream::vote::{Route, Rules, Vote};
@@ -43,6 +43,7 @@ fn batch(prev: i64, offsets: std::ops::RangeInclusive<i64>) -> SharedBatch {
         topic: "votes".into(),
         entries,
         ranges: vec![range],
+        outcomes: Default::default(),
     })
 }
 
@@ -56,7 +57,15 @@ impl Fixture {
     fn new() -> Fixture {
         let keys = RedisKeys::new(&format!("{}:", unique("fencing")));
         Fixture {
-            writer: RedisWriter::new(&redis_url(), keys.clone(), Arc::new(ConsumerMetrics::new())),
+            writer: RedisWriter::new(
+                &redis_url(),
+                keys.clone(),
+                Window {
+                    dedup: 86_400_000,
+                    ..Window::default()
+                },
+                Arc::new(ConsumerMetrics::new()),
+            ),
             pool: redis_pool(&redis_url(), STORE_TIMEOUT).unwrap(),
             keys,
         }

@@ -24,7 +24,7 @@ use votestream::logs::LogsApp;
 use votestream::ops::{Dependency, Health, Readiness};
 use votestream::schema;
 use votestream::schema::mongo::LogDocument;
-use votestream::schema::redis::RedisKeys;
+use votestream::schema::redis::{Outcome, RedisKeys};
 
 use crate::common::{delete_prefix, mongodb_uri, redis_url, unique};
 
@@ -182,6 +182,9 @@ impl TestApp {
 pub fn log(id: &str, received_at_ms: i64, band: &str, album: &str, route: &str) -> LogDocument {
     LogDocument {
         id: id.to_owned(),
+        vote_id: Some(id.to_owned()),
+        voter: None,
+        outcome: Outcome::Counted,
         received_at: bson::DateTime::from_millis(received_at_ms),
         logged_at: bson::DateTime::now(),
         name: band.to_owned(),

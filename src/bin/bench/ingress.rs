@@ -107,6 +107,8 @@ pub fn grpc_vote(i: usize) -> Vote {
         album: Some(v.album),
         year: Some(v.year),
         rank: Some(v.rank),
+        voter: v.voter,
+        request_id: v.request_id,
     }
 }
 

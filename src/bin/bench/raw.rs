@@ -23,7 +23,7 @@ use votestream::consumer::RedisWriter;
 use votestream::consumer::SharedBatch;
 use votestream::consumer::{Sink, WriteFailure};
 use votestream::ingress::VoteProducer;
-use votestream::schema::redis::RedisKeys;
+use votestream::schema::redis::{RedisKeys, Window};
 use votestream::vote::VoteRecord;
 
 use crate::settings;
@@ -113,12 +113,19 @@ async fn write_all<S: Sink>(writer: &S, batches: &[SharedBatch]) -> anyhow::Resu
     Ok((votes, started.elapsed()))
 }
 
+/// The consumer's default dedup window (`--dedup-window-secs`), in ms.
+const DEDUP_MS: i64 = 86_400_000;
+
 /// Applies `batches` to Redis under a fresh prefix; returns votes/s.
 pub async fn redis(stack: &Stack, batches: &[SharedBatch]) -> anyhow::Result<f64> {
     let prefix = stack.prefix("raw-redis");
     let writer = RedisWriter::new(
         &stack.redis_url,
         RedisKeys::new(&prefix),
+        Window {
+            dedup: DEDUP_MS,
+            ..Window::default()
+        },
         Arc::new(ConsumerMetrics::new()),
     );
     let (votes, elapsed) = write_all(&writer, batches).await?;

@@ -248,19 +248,24 @@ impl ReadLoop {
         st.partitions.dispatched(&batch);
         let batch: SharedBatch = Arc::new(batch);
         self.metrics.batch_size.observe(batch.entries.len() as f64);
-        // Both sends are created now, in dispatch order; there is room in both
-        // mailboxes because in-flight batches never exceed their capacity.
+        // Redis decides each record's outcome, which the log carries, so the
+        // batch goes to the Mongo logger once Redis has applied it. The Redis
+        // send is created now, in dispatch order (Redis applies one batch at a
+        // time, so its replies and the Mongo sends follow that order); there
+        // is room in both mailboxes because in-flight batches never exceed
+        // their capacity.
         let to_redis = self.redis.send(WriteBatch(batch.clone()));
-        let to_mongo = self.mongo.send(WriteBatch(batch.clone()));
+        let mongo = self.mongo.clone();
         let seq = batch.seq;
         st.in_flight.push(Box::pin(async move {
-            let (redis, mongo) = futures_util::future::join(to_redis, to_mongo).await;
             let flatten = |r: Result<Result<Written, SinkError>, MailboxError>| r.unwrap_or(Err(SinkError::Stopped));
-            Replies {
-                seq,
-                redis: flatten(redis),
-                mongo: flatten(mongo),
-            }
+            let redis = flatten(to_redis.await);
+            let mongo = match redis {
+                Ok(_) => flatten(mongo.send(WriteBatch(batch)).await),
+                // Nothing to log: the batch is read again.
+                Err(_) => Ok(Written { votes: 0 }),
+            };
+            Replies { seq, redis, mongo }
         }));
         self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
     }

@@ -151,6 +151,8 @@ pub fn grpc_vote(name: &str) -> votestream::proto::Vote {
         album: Some("Jamás".into()),
         year: Some(1997),
         rank: Some(8.5),
+        voter: None,
+        request_id: None,
     }
 }
 
