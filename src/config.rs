@@ -37,6 +37,11 @@ pub enum Command {
     Logs(LogsSettings),
     /// Run ingress, consumer and logs in one process (for a laptop).
     All(AllSettings),
+    /// Audit the result: replay the votes topic from its beginning, up to the offsets counted
+    /// live, into a scratch Redis key prefix with the consumer's rules, and compare every counter
+    /// and average with the live ones. Prints the differences; exits 0 when there are none, 1
+    /// when there are, 2 when the recount could not be done. Safe while votes flow.
+    Recount(RecountSettings),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -403,6 +408,31 @@ pub struct LogsSettings {
     pub contest: ContestArgs,
     #[command(flatten)]
     pub logs: LogsArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecountSettings {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub rules: RulesArgs,
+    #[command(flatten)]
+    pub contest: ContestArgs,
+    /// The consumer's dedup window, in seconds (give the recount the consumer's value).
+    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 86_400)]
+    pub dedup_window_secs: u64,
+    /// Where the recount counts: a Redis key prefix that must hold nothing
+    /// [default: <live prefix>recount:<random id>:].
+    #[arg(long, env = "RECOUNT_SCRATCH_PREFIX")]
+    pub scratch_prefix: Option<String>,
+    /// Keep the scratch keys afterwards (to look at them); by default they are deleted.
+    #[arg(long, env = "RECOUNT_KEEP_SCRATCH", default_value_t = false)]
+    pub keep_scratch: bool,
+    /// Records per script call while replaying (as the consumer's --batch-max-records).
+    #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1_000)]
+    pub batch_max_records: usize,
 }
 
 #[derive(Debug, Clone, Args)]

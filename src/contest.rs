@@ -160,8 +160,7 @@ mod tests {
 
     #[test]
     fn a_window_that_closes_before_it_opens_is_refused_and_bad_instants_named() {
-        let e = VotingWindow::new(Some(at("2026-12-24T20:00:00Z")), Some(at("2026-12-24T13:00:00-06:00")))
-            .unwrap_err();
+        let e = VotingWindow::new(Some(at("2026-12-24T20:00:00Z")), Some(at("2026-12-24T13:00:00-06:00"))).unwrap_err();
         assert!(e.contains("--voting-closes-at"), "{e}");
         assert_eq!(at("2026-12-24T14:00:00-06:00"), at("2026-12-24T20:00:00Z"));
         assert!(parse_instant("tomorrow").unwrap_err().contains("RFC 3339"));
@@ -171,9 +170,15 @@ mod tests {
     fn final_means_every_partition_counted_to_its_end() {
         let map = |v: &[(&str, i64)]| v.iter().map(|(f, o)| (f.to_string(), *o)).collect::<BTreeMap<_, _>>();
         let end = map(&[("votes/0", 10), ("votes/1", 0)]);
-        assert!(!is_final(&BTreeMap::new(), &map(&[("votes/0", 99)])), "no end taken yet");
+        assert!(
+            !is_final(&BTreeMap::new(), &map(&[("votes/0", 99)])),
+            "no end taken yet"
+        );
         assert!(!is_final(&end, &map(&[("votes/0", 8)])));
-        assert!(is_final(&end, &map(&[("votes/0", 9)])), "an empty partition has nothing to count");
+        assert!(
+            is_final(&end, &map(&[("votes/0", 9)])),
+            "an empty partition has nothing to count"
+        );
         assert!(is_final(&end, &map(&[("votes/0", 12), ("votes/1", 3)])));
         assert!(!is_final(&map(&[("votes/2", 1)]), &map(&[("votes/0", 12)])));
     }

@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod log_entry;
 pub mod logs;
 pub mod ops;
+pub mod recount;
 pub mod schema;
 pub mod shutdown;
 pub mod stores;

@@ -27,6 +27,19 @@ fn main() -> anyhow::Result<()> {
             app.run(shutdown::signal()).await
         }),
         Command::All(settings) => all(settings),
+        Command::Recount(settings) => {
+            let report = runtime()?.block_on(votestream::recount::recount(&settings));
+            match report {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    std::process::exit(if report.differences.is_empty() { 0 } else { 1 });
+                }
+                Err(e) => {
+                    eprintln!("votestream recount: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
     }
 }
 

@@ -707,8 +707,9 @@ mod tests {
 
     #[test]
     fn voter_and_request_id_are_optional_trimmed_and_bounded() {
-        let v = check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": " u1 ", "request_id": "r-9"}))
-            .unwrap();
+        let v =
+            check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": " u1 ", "request_id": "r-9"}))
+                .unwrap();
         assert_eq!((v.voter.as_deref(), v.request_id.as_deref()), (Some("u1"), Some("r-9")));
         let v = check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": null})).unwrap();
         assert_eq!((v.voter, v.request_id), (None, None));
@@ -724,7 +725,9 @@ mod tests {
             problem(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "request_id": "x".repeat(129)})),
             ("request_id", Problem::TooLong)
         );
-        assert!(check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "request_id": "é".repeat(128)})).is_ok());
+        assert!(
+            check(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "request_id": "é".repeat(128)})).is_ok()
+        );
         assert_eq!(
             problem(json!({"name": "a", "album": "b", "year": 2000, "rank": 1, "voter": "a\nb"})),
             ("voter", Problem::ForbiddenCharacter)
@@ -763,16 +766,26 @@ mod tests {
         assert_ne!(first.id, vote(Some("u2"), Some("r1")).id, "another voter's request");
         assert_ne!(first.id, vote(None, Some("r1")).id);
         assert_eq!(vote(None, Some("r1")).id, vote(None, Some("r1")).id);
-        assert_ne!(vote(None, None).id, vote(None, None).id, "without a request id every vote is new");
+        assert_ne!(
+            vote(None, None).id,
+            vote(None, None).id,
+            "without a request id every vote is new"
+        );
         assert_eq!(first.key(), "u1");
         let anonymous = vote(None, Some("r1"));
         assert_eq!(anonymous.key(), anonymous.id.to_string());
         let json: Value = serde_json::from_slice(&first.to_json()).unwrap();
-        assert_eq!((json["voter"].as_str(), json["request_id"].as_str()), (Some("u1"), Some("r1")));
+        assert_eq!(
+            (json["voter"].as_str(), json["request_id"].as_str()),
+            (Some("u1"), Some("r1"))
+        );
         let plain: Value = serde_json::from_slice(&vote(None, None).to_json()).unwrap();
         assert!(plain.get("voter").is_none() && plain.get("request_id").is_none());
         let back = VoteRecord::decode(&first.to_json(), &rules()).unwrap();
-        assert_eq!((back.id, back.voter, back.request_id), (first.id, first.voter, first.request_id));
+        assert_eq!(
+            (back.id, back.voter, back.request_id),
+            (first.id, first.voter, first.request_id)
+        );
     }
 
     #[test]

@@ -112,10 +112,16 @@ mod tests {
             outcomes: Default::default(),
         };
         let d = decide(&batch, Window::default());
-        assert_eq!(d.ranges.iter().map(|r| r.field.as_str()).collect::<Vec<_>>(), ["votes/0", "votes/1"]);
+        assert_eq!(
+            d.ranges.iter().map(|r| r.field.as_str()).collect::<Vec<_>>(),
+            ["votes/0", "votes/1"]
+        );
         assert_eq!(d.records.len(), 2);
         let (a, b) = (&d.records[0], &d.records[1]);
-        assert_eq!((a.p, a.o, a.v, a.k, a.a.as_str()), (1, 10, Some("u1"), 8_250_000, "Alux Nahual / Alux Nahual"));
+        assert_eq!(
+            (a.p, a.o, a.v, a.k, a.a.as_str()),
+            (1, 10, Some("u1"), 8_250_000, "Alux Nahual / Alux Nahual")
+        );
         assert_eq!((b.p, b.o, b.v, b.b), (2, 3, None, "Bohemia Suburbana"));
         let lines: Vec<serde_json::Value> = d
             .tail_lines()

@@ -66,14 +66,25 @@ impl ContestWatch {
                 if now >= closes + grace {
                     self.take_end(&mut conn).await?;
                 }
-                let end: BTreeMap<String, i64> =
-                    conn.hgetall(&self.keys.contest_end).await.map_err(|e| format!("redis: {e}"))?;
-                let counted: BTreeMap<String, i64> =
-                    conn.hgetall(&self.keys.offsets).await.map_err(|e| format!("redis: {e}"))?;
-                if is_final(&end, &counted) { Status::Final } else { Status::Closed }
+                let end: BTreeMap<String, i64> = conn
+                    .hgetall(&self.keys.contest_end)
+                    .await
+                    .map_err(|e| format!("redis: {e}"))?;
+                let counted: BTreeMap<String, i64> = conn
+                    .hgetall(&self.keys.offsets)
+                    .await
+                    .map_err(|e| format!("redis: {e}"))?;
+                if is_final(&end, &counted) {
+                    Status::Final
+                } else {
+                    Status::Closed
+                }
             }
         };
-        let mut fields = vec![("status", status.as_str().to_owned()), ("updated_at", format_instant(&now))];
+        let mut fields = vec![
+            ("status", status.as_str().to_owned()),
+            ("updated_at", format_instant(&now)),
+        ];
         fields.extend(self.window.opens_at.map(|t| ("opens_at", format_instant(&t))));
         fields.extend(self.window.closes_at.map(|t| ("closes_at", format_instant(&t))));
         let _: () = conn
@@ -102,7 +113,10 @@ impl ContestWatch {
             call.arg(offsets_field(&self.topic, *partition)).arg(*end);
         }
         let _: redis::Value = call.invoke_async(conn).await.map_err(|e| format!("redis: {e}"))?;
-        tracing::info!(?ends, "voting closed: end offsets taken; the result is final once they are counted");
+        tracing::info!(
+            ?ends,
+            "voting closed: end offsets taken; the result is final once they are counted"
+        );
         Ok(())
     }
 }

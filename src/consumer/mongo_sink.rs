@@ -70,7 +70,9 @@ impl Sink for MongoWriter {
         async move {
             let now = bson::DateTime::now();
             let Some(outcomes) = batch.outcomes.get() else {
-                return Err(WriteFailure::Io("mongo: the batch reached the logger before Redis decided it".into()));
+                return Err(WriteFailure::Io(
+                    "mongo: the batch reached the logger before Redis decided it".into(),
+                ));
             };
             let docs: Vec<LogDocument> = batch
                 .votes()

@@ -142,7 +142,13 @@ mod tests {
         let vote = Vote::new("La Tona", "Tona", 1999, 6.5, &Rules::default())
             .unwrap()
             .stamp(Route::Http, at);
-        let log = LogDocument::of(&vote, "votes", (3, 42), Outcome::Counted, bson::DateTime::from_millis(5));
+        let log = LogDocument::of(
+            &vote,
+            "votes",
+            (3, 42),
+            Outcome::Counted,
+            bson::DateTime::from_millis(5),
+        );
         let stored = bson::to_document(&log).unwrap();
         assert_eq!(
             stored,
@@ -163,9 +169,18 @@ mod tests {
             voter: Some("u1".into()),
             ..vote
         };
-        let log = LogDocument::of(&voter, "votes", (0, 1), Outcome::Duplicate, bson::DateTime::from_millis(5));
+        let log = LogDocument::of(
+            &voter,
+            "votes",
+            (0, 1),
+            Outcome::Duplicate,
+            bson::DateTime::from_millis(5),
+        );
         let stored = bson::to_document(&log).unwrap();
-        assert_eq!((stored.get_str("voter"), stored.get_str("outcome")), (Ok("u1"), Ok("duplicate")));
+        assert_eq!(
+            (stored.get_str("voter"), stored.get_str("outcome")),
+            (Ok("u1"), Ok("duplicate"))
+        );
     }
 
     #[test]
@@ -177,6 +192,10 @@ mod tests {
         let log: LogDocument = bson::from_document(stored).unwrap();
         let entry = log.entry().unwrap();
         assert_eq!((entry.year, entry.rank), (1990, 7.0));
-        assert_eq!((entry.id.as_str(), entry.outcome), ("v1", Outcome::Counted), "a log from before outcomes");
+        assert_eq!(
+            (entry.id.as_str(), entry.outcome),
+            ("v1", Outcome::Counted),
+            "a log from before outcomes"
+        );
     }
 }

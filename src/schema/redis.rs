@@ -541,7 +541,11 @@ mod tests {
         s.rank_sum.insert("b / a".into(), 15_000_000);
         let d = standings_digest(&s);
         assert_eq!(d.len(), 64);
-        assert_eq!(d, standings_digest(&s.clone()), "a digest is a function of the standings");
+        assert_eq!(
+            d,
+            standings_digest(&s.clone()),
+            "a digest is a function of the standings"
+        );
         let mut changed = s.clone();
         changed.rank_sum.insert("b / a".into(), 15_000_001);
         assert_ne!(standings_digest(&changed), d);

@@ -6,11 +6,11 @@ use std::time::Duration;
 use votestream::schema::redis::{Outcome, RedisKeys};
 
 use crate::common::eventually;
-use crate::pipeline::{ConsumerProcess, World, assert_exact, produce, produce_raw, votes, wait_for_total};
+use crate::pipeline::{ConsumerProcess, World, assert_exact, produce, produce_raw, votes, wait_for_received};
 use harness::servers::{PrivateMongo, PrivateRedis};
 
 /// Heavy tests share 2 cores; one at a time keeps each well inside its limits.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn a_hundred_thousand_votes_are_counted_and_logged_exactly() {
@@ -19,7 +19,7 @@ async fn a_hundred_thousand_votes_are_counted_and_logged_exactly() {
     let (records, expected) = votes(100_000);
     produce(&world.topic.name, &records).await;
     let consumer = world.run_consumer(&[]);
-    wait_for_total(&world, 100_000, Duration::from_secs(600)).await;
+    wait_for_received(&world, 100_000, Duration::from_secs(600)).await;
     assert_exact(&world, &expected, &records).await;
     consumer.stop().await.expect("a clean stop");
     world.clean().await;
@@ -31,7 +31,7 @@ async fn progress_past(world: &World, floor: i64) -> i64 {
         &format!("votes:total past {floor}"),
         Duration::from_secs(180),
         || async {
-            let total = world.redis_total().await;
+            let total = world.redis_received().await;
             (total > floor).then_some(total)
         },
     )
@@ -55,11 +55,11 @@ async fn a_consumer_killed_three_times_while_draining_still_counts_exactly() {
             seen < n as i64,
             "round {round}: killed mid-backlog ({seen} of {n} counted)"
         );
-        floor = world.redis_total().await;
+        floor = world.redis_received().await;
         eprintln!("round {round}: SIGKILL with {floor} of {n} counted");
     }
     let mut consumer = world.spawn_consumer(3, &small_batches);
-    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    wait_for_received(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
     assert!(consumer.terminate().success());
     world.clean().await;
@@ -96,7 +96,7 @@ async fn redis_and_mongo_restarts_while_draining_lose_and_double_count_nothing()
         &consumer.metrics().await.expect("metrics"),
         "votestream_consumer_records_read_total",
     );
-    let paused = world.redis_total().await;
+    let paused = world.redis_received().await;
     mongo.start_again().expect("FerretDB restarts");
     eprintln!(
         "mongo down at {floor} counted: reading paused at {read_before} read ({read_after} 2 s later), {paused} counted"
@@ -104,7 +104,7 @@ async fn redis_and_mongo_restarts_while_draining_lose_and_double_count_nothing()
     assert!(read_after - read_before <= 250.0, "reading pauses while Mongo is down");
     assert!(paused < n as i64, "mongo restarted mid-backlog");
 
-    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    wait_for_received(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
     let metrics = consumer.metrics().await.expect("metrics");
     for actor in ["redis_aggregator", "mongo_logger"] {
@@ -138,7 +138,7 @@ async fn two_consumers_in_one_group_with_one_killed_midway_count_exactly() {
     first.kill9();
     eprintln!("first consumer killed at {seen} counted");
     assert!(seen < n as i64);
-    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    wait_for_received(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
     assert!(second.terminate().success());
     world.clean().await;
@@ -182,7 +182,7 @@ async fn a_static_member_restarted_within_the_session_timeout_takes_no_partition
     assert!(second.terminate().success(), "clean exit on SIGTERM");
     eprintln!("second consumer restarted at {seen} counted; the first owns {first_owned} partitions");
     let second = world.spawn_consumer(2, &settings("second"));
-    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    wait_for_received(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
 
     let (a, b) = (metrics_of(&first).await, metrics_of(&second).await);
@@ -273,13 +273,13 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_the_rest_is_counted
             let (kind, bytes) = &poison[(i / 100) % poison.len()];
             mixed.push((format!("poison-{i}-{kind}"), bytes.clone()));
         }
-        mixed.push((v.id.to_string(), v.to_json()));
+        mixed.push((v.key(), v.to_json()));
     }
     let poison_count = mixed.len() - records.len();
     produce_raw(&world.topic.name, &mixed).await;
 
     let consumer = world.run_consumer(&["--batch-max-records", "100"]);
-    wait_for_total(&world, records.len() as i64, Duration::from_secs(300)).await;
+    wait_for_received(&world, records.len() as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
 
     let dead = read_all(&world.dlq.name, poison_count, Duration::from_secs(60)).await;
@@ -321,12 +321,12 @@ async fn sigterm_with_a_backlog_exits_cleanly_and_a_restart_finishes_exactly() {
     let mut consumer = world.spawn_consumer(0, &batches);
     progress_past(&world, 3_000).await;
     let status = consumer.terminate();
-    let at_exit = world.redis_total().await;
+    let at_exit = world.redis_received().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(at_exit < n as i64, "stopped with a backlog ({at_exit} of {n} counted)");
     eprintln!("SIGTERM: clean exit with {at_exit} of {n} counted");
     let mut consumer = world.spawn_consumer(1, &batches);
-    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    wait_for_received(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
     assert!(consumer.terminate().success());
     world.clean().await;
@@ -419,7 +419,7 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
     tokio::time::sleep(Duration::from_secs(3)).await;
     mongo.start_again().expect("FerretDB restarts");
     eprintln!("mongo down for 3 s at {floor} counted");
-    wait_for_total(&world, n as i64, Duration::from_secs(300)).await;
+    wait_for_received(&world, n as i64, Duration::from_secs(300)).await;
     assert_exact(&world, &expected, &records).await;
 
     // Read in pages: one long reply can outlast the client's response timeout.
@@ -605,7 +605,7 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
     let mut consumer = world.spawn_consumer(0, &[]);
     let mut peak = 0.0_f64;
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    while world.redis_total().await < n as i64 {
+    while world.redis_received().await < n as i64 {
         assert!(
             std::time::Instant::now() < deadline,
             "the drain did not finish in 10 minutes"
@@ -613,7 +613,7 @@ async fn a_crowd_on_the_logs_page_neither_stops_the_drain_nor_grows_the_database
         peak = peak.max(mongo.pid().and_then(harness::memory::rss_mib).unwrap_or(0.0));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    wait_for_total(&world, n as i64, Duration::from_secs(60)).await;
+    wait_for_received(&world, n as i64, Duration::from_secs(60)).await;
     // Logged too: the group committed the end of every partition (both sinks wrote it all).
     let (committed, ends) = (world.committed_reader(), world.high_watermarks());
     eventually("every offset committed", Duration::from_secs(120), || async {

@@ -6,6 +6,7 @@
 mod bench;
 mod common;
 mod consumer;
+mod contest;
 mod fencing;
 mod ingress;
 mod logs;

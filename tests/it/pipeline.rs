@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use votestream::schema::redis::RedisKeys;
+use votestream::schema::redis::{Outcome, RedisKeys, average_of, rank_micros};
 
 use chrono::Utc;
 use deadpool_redis::redis;
@@ -39,6 +39,8 @@ pub struct World {
     pub redis_url: String,
     pub mongodb_uri: String,
     pub dir: std::path::PathBuf,
+    /// The `--voting-closes-at` of the world's consumers ([`CLOSES_MS`]).
+    pub closes_at: chrono::DateTime<Utc>,
 }
 
 impl World {
@@ -52,6 +54,7 @@ impl World {
             redis_url: redis_url(),
             mongodb_uri: mongodb_uri(),
             dir: scratch_dir(name),
+            closes_at: chrono::DateTime::from_timestamp_millis(CLOSES_MS).unwrap(),
         }
     }
 
@@ -60,6 +63,7 @@ impl World {
         let port = free_port();
         let mut cmd = self.command("consumer", &format!("consumer-{n}.log"));
         cmd.env("CONSUMER_HTTP_ADDR", format!("127.0.0.1:{port}"));
+        cmd.env("VOTING_CLOSES_AT", votestream::vote::format_instant(&self.closes_at));
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -96,6 +100,7 @@ impl World {
     /// process boundary is not the point): `flags` are the command line's.
     pub fn run_consumer(&self, flags: &[&str]) -> InProcessConsumer {
         let (brokers, redis, mongo) = (kafka_brokers(), self.redis_url.clone(), self.mongodb_uri.clone());
+        let closes = votestream::vote::format_instant(&self.closes_at);
         let world = [
             ("--kafka-brokers", brokers.as_str()),
             ("--votes-topic", &self.topic.name),
@@ -106,6 +111,7 @@ impl World {
             ("--mongodb-uri", &mongo),
             ("--mongodb-database", &self.database),
             ("--consumer-http-addr", "127.0.0.1:0"),
+            ("--voting-closes-at", &closes),
         ];
         let args = ["votestream", "consumer"]
             .into_iter()
@@ -136,19 +142,20 @@ impl World {
             .unwrap()
     }
 
-    pub async fn redis_total(&self) -> i64 {
+    /// `votes:received`: the records decided so far (0 when unreachable or unset).
+    pub async fn redis_received(&self) -> i64 {
+        self.redis_int(RedisKeys::new(&self.prefix).received).await
+    }
+
+    async fn redis_int(&self, key: String) -> i64 {
         let Ok(client) = redis::Client::open(self.redis_url.as_str()) else {
             return -1;
         };
         let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
             return -1;
         };
-        let total: Option<i64> = redis::cmd("GET")
-            .arg(RedisKeys::new(&self.prefix).total)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(None);
-        total.unwrap_or(0)
+        let value: Option<i64> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap_or(None);
+        value.unwrap_or(0)
     }
 
     pub async fn logs(&self) -> mongodb::Collection<LogDocument> {
@@ -231,58 +238,149 @@ impl Drop for ConsumerProcess {
     }
 }
 
-/// What a set of votes must produce in Redis.
+/// The contest every world's records are judged by: votes are received
+/// from [`T0_MS`] on, one millisecond apart, and voting closes at
+/// [`CLOSES_MS`]; the last records of a sequence are received after it.
+pub const T0_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+/// `--voting-closes-at` of every world's consumers: some 14 hours after
+/// [`T0_MS`], less than the dedup window, so a retry after the close of a
+/// vote counted before it is still a duplicate.
+pub const CLOSES_MS: i64 = T0_MS + 50_000_000;
+/// The dedup window the worlds' consumers use (the default).
+pub const DEDUP_MS: i64 = 86_400_000;
+
+/// The reference model: plain Rust over the sent sequence, in send order
+/// (a voter's records, and a vote id's, share a key, hence a partition, so
+/// Kafka keeps their order), predicting every counter, average and outcome
+/// the pipeline must reach (DESIGN.md, "Outcomes").
 #[derive(Debug, Default, PartialEq)]
 pub struct Expected {
+    pub closes_ms: Option<i64>,
     pub total: i64,
+    pub received: i64,
+    pub voters: i64,
     pub by_band: HashMap<String, i64>,
     pub by_album: HashMap<String, i64>,
     pub by_route: HashMap<String, i64>,
-    pub rank_sum: HashMap<String, f64>,
+    /// In millionths of a point.
+    pub rank_sum: HashMap<String, i64>,
+    pub by_outcome: HashMap<String, i64>,
+    /// Every record's (vote id, outcome), in send order.
+    pub outcomes: Vec<(String, Outcome)>,
+    seen: HashMap<uuid::Uuid, i64>,
+    ratings: HashMap<(String, String), i64>,
+    voter_set: HashSet<String>,
 }
 
 impl Expected {
-    pub fn add(&mut self, v: &VoteRecord) {
-        self.total += 1;
-        *self.by_band.entry(v.name.clone()).or_default() += 1;
-        *self.by_album.entry(v.album_key()).or_default() += 1;
+    pub fn closing_at(closes: chrono::DateTime<Utc>) -> Expected {
+        Expected {
+            closes_ms: Some(closes.timestamp_millis()),
+            ..Expected::default()
+        }
+    }
+
+    /// Judges the next record of the sequence.
+    pub fn add(&mut self, v: &VoteRecord) -> Outcome {
+        let t = v.received_at.timestamp_millis();
+        let album = v.album_key();
+        let micros = rank_micros(v.rank);
+        let outcome = if self.seen.get(&v.id).is_some_and(|&at| t - at <= DEDUP_MS) {
+            Outcome::Duplicate
+        } else if self.closes_ms.is_some_and(|c| t >= c) {
+            Outcome::Late
+        } else if let Some(voter) = &v.voter {
+            match self.ratings.insert((voter.clone(), album.clone()), micros) {
+                Some(old) => {
+                    *self.rank_sum.entry(album.clone()).or_default() += micros - old;
+                    Outcome::Changed
+                }
+                None => {
+                    self.voter_set.insert(voter.clone());
+                    Outcome::Counted
+                }
+            }
+        } else {
+            Outcome::Counted
+        };
+        if outcome == Outcome::Counted {
+            self.total += 1;
+            *self.by_band.entry(v.name.clone()).or_default() += 1;
+            *self.by_album.entry(album.clone()).or_default() += 1;
+            *self.rank_sum.entry(album).or_default() += micros;
+        }
+        if matches!(outcome, Outcome::Counted | Outcome::Changed) {
+            self.seen.insert(v.id, t);
+        }
+        self.voters = self.voter_set.len() as i64;
+        self.received += 1;
         *self.by_route.entry(v.route.as_str().to_owned()).or_default() += 1;
-        *self.rank_sum.entry(v.album_key()).or_default() += v.rank;
+        *self.by_outcome.entry(outcome.as_str().to_owned()).or_default() += 1;
+        self.outcomes.push((v.id.to_string(), outcome));
+        outcome
     }
 
     /// The average rank per album as the consumer must store it: 2 decimals.
     pub fn averages(&self) -> HashMap<String, String> {
         self.by_album
             .iter()
-            .map(|(album, &n)| (album.clone(), format!("{:.2}", self.rank_sum[album] / n as f64)))
+            .map(|(album, &n)| (album.clone(), average_of(self.rank_sum[album], n)))
             .collect()
     }
 }
 
-/// `n` votes spread over bands, albums and routes. Ranks are multiples of 0.5,
-/// so sums are exact in binary floating point and averages can be compared exactly.
+/// `n` records of a contest: a quarter anonymous (some with a request id),
+/// the rest from a pool of `n / 20` voters (at least 10) rating the bands'
+/// albums again and again (so ratings change), about 5 % retries (a request
+/// sent again with its request id, a little later: a duplicate), and the
+/// last 3 % received after the close (late, or duplicates of votes counted
+/// before it). Ranks are in tenths, spread over 0..=10, and both routes.
+/// Returns them with what they must count ([`Expected`]).
 pub fn votes(n: usize) -> (Vec<VoteRecord>, Expected) {
-    let mut expected = Expected::default();
+    let mut expected = Expected::closing_at(chrono::DateTime::from_timestamp_millis(CLOSES_MS).unwrap());
+    let late_from = n * 97 / 100;
     let rules = Rules::default();
-    let records: Vec<VoteRecord> = (0..n)
-        .map(|i| {
-            let (band, albums) = BANDS[i % BANDS.len()];
-            let album = albums[(i / BANDS.len()) % 2];
-            let rank = ((i * 7) % 21) as f64 / 2.0;
-            let route = if i % 3 == 0 { Route::Grpc } else { Route::Http };
-            let v = Vote::new(band, album, 1990 + (i % 30) as i64, rank, &rules)
-                .unwrap()
-                .stamp(route, Utc::now());
-            expected.add(&v);
-            v
-        })
-        .collect();
+    let pool = (n / 20).max(10);
+    let mut records: Vec<VoteRecord> = Vec::with_capacity(n);
+    for i in 0..n {
+        let base = if i >= late_from { CLOSES_MS } else { T0_MS };
+        let at = chrono::DateTime::from_timestamp_millis(base + i as i64).unwrap();
+        // Every 20th record (from the 40th on) resends an earlier request that had a request id.
+        if i >= 40 && i % 20 == 7 {
+            let original = records[i - 32].clone();
+            if original.request_id.is_some() {
+                let retry = VoteRecord {
+                    received_at: at,
+                    ..original
+                };
+                expected.add(&retry);
+                records.push(retry);
+                continue;
+            }
+        }
+        let (band, albums) = BANDS[(i * 7) % BANDS.len()];
+        let album = albums[(i / 3) % 2];
+        let rank = ((i * 37) % 101) as f64 / 10.0;
+        let route = if i % 3 == 0 { Route::Grpc } else { Route::Http };
+        // The i-th record's place among the voters' records (every 4th record is anonymous).
+        let j = i - i / 4;
+        let voter = (i % 4 != 0).then(|| format!("voter-{:05}", (j * 7_919) % pool));
+        let request = (i % 2 == 1).then(|| format!("req-{i}"));
+        let v = Vote::new(band, album, 1990 + (i % 30) as i64, rank, &rules)
+            .unwrap()
+            .with_ids(voter.as_deref(), request.as_deref())
+            .unwrap()
+            .stamp(route, at);
+        expected.add(&v);
+        records.push(v);
+    }
     (records, expected)
 }
 
-/// Produces records (key = vote id) and waits for every delivery.
+/// Produces records as the ingress does (key = the voter, or the vote id)
+/// and waits for every delivery.
 pub async fn produce(topic: &str, records: &[VoteRecord]) {
-    let payloads: Vec<(String, Vec<u8>)> = records.iter().map(|v| (v.id.to_string(), v.to_json())).collect();
+    let payloads: Vec<(String, Vec<u8>)> = records.iter().map(|v| (v.key(), v.to_json())).collect();
     produce_raw(topic, &payloads).await;
 }
 
@@ -307,15 +405,15 @@ pub async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
     }
 }
 
-/// Waits until Redis has counted `total` votes (or fails after `limit`).
-pub async fn wait_for_total(world: &World, total: i64, limit: Duration) {
+/// Waits until Redis has decided `received` records (or fails after `limit`).
+pub async fn wait_for_received(world: &World, received: i64, limit: Duration) {
     let started = std::time::Instant::now();
-    crate::common::eventually(&format!("votes:total = {total}"), limit, || async {
-        (world.redis_total().await == total).then_some(())
+    crate::common::eventually(&format!("votes:received = {received}"), limit, || async {
+        (world.redis_received().await == received).then_some(())
     })
     .await;
     eprintln!(
-        "redis counted {total} votes after {:.1} s",
+        "redis decided {received} records after {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
@@ -341,14 +439,18 @@ pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecor
         "offsets committed to the end after {:.1} s more",
         started.elapsed().as_secs_f64()
     );
-    let mut conn = world.redis().await;
-    let p = &world.prefix;
-    let total: i64 = redis::cmd("GET")
-        .arg(RedisKeys::new(p).total)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(total, expected.total, "votes:total");
+    let conn = world.redis().await;
+    let keys = RedisKeys::new(&world.prefix);
+    let int = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let v: Option<i64> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap();
+            v.unwrap_or(0)
+        }
+    };
+    assert_eq!(int(keys.total.clone()).await, expected.total, "votes:total");
+    assert_eq!(int(keys.received.clone()).await, expected.received, "votes:received");
+    assert_eq!(int(keys.voters_total.clone()).await, expected.voters, "voters:total");
     let hash = |key: String| {
         let mut conn = conn.clone();
         async move {
@@ -359,37 +461,33 @@ pub async fn assert_exact(world: &World, expected: &Expected, votes: &[VoteRecor
     let ints = |m: HashMap<String, String>| -> HashMap<String, i64> {
         m.into_iter().map(|(k, v)| (k, v.parse().unwrap())).collect()
     };
+    for (key, expected, name) in [
+        (&keys.by_band, &expected.by_band, "votes:by_band"),
+        (&keys.by_album, &expected.by_album, "votes:by_album"),
+        (&keys.by_route, &expected.by_route, "votes:by_route"),
+        (&keys.rank_sum_by_album, &expected.rank_sum, "rank:sum_by_album"),
+        (&keys.by_outcome, &expected.by_outcome, "votes:by_outcome"),
+    ] {
+        assert_eq!(&ints(hash(key.clone()).await), expected, "{name}");
+    }
     assert_eq!(
-        ints(hash(RedisKeys::new(p).by_band).await),
-        expected.by_band,
-        "votes:by_band"
-    );
-    assert_eq!(
-        ints(hash(RedisKeys::new(p).by_album).await),
-        expected.by_album,
-        "votes:by_album"
-    );
-    assert_eq!(
-        ints(hash(RedisKeys::new(p).by_route).await),
-        expected.by_route,
-        "votes:by_route"
-    );
-    let sums: HashMap<String, f64> = hash(RedisKeys::new(p).rank_sum_by_album)
-        .await
-        .into_iter()
-        .map(|(k, v)| (k, v.parse().unwrap()))
-        .collect();
-    assert_eq!(sums, expected.rank_sum, "rank:sum_by_album");
-    assert_eq!(
-        hash(RedisKeys::new(p).rank_avg_by_album).await,
+        hash(keys.rank_avg_by_album.clone()).await,
         expected.averages(),
         "rank:avg_by_album"
     );
 
     let logs = world.logs().await;
     let docs: Vec<LogDocument> = logs.find(doc! {}).await.unwrap().try_collect().await.unwrap();
-    assert_eq!(docs.len(), votes.len(), "one log per vote");
-    let logged: HashSet<String> = docs.into_iter().map(|d| d.id).collect();
-    let sent: HashSet<String> = votes.iter().map(|v| v.id.to_string()).collect();
-    assert!(logged == sent, "every vote logged under its id, and nothing else");
+    assert_eq!(docs.len(), votes.len(), "one log per record");
+    let mut logged: Vec<(String, Outcome)> = docs
+        .into_iter()
+        .map(|d| (d.vote_id.unwrap_or_default(), d.outcome))
+        .collect();
+    let mut sent = expected.outcomes.clone();
+    logged.sort();
+    sent.sort();
+    assert!(
+        logged == sent,
+        "every record logged once, under its vote id, with the outcome the model gives it"
+    );
 }

@@ -1,0 +1,141 @@
+//! The contest's rules end to end (DESIGN.md, "Outcomes"): a sequence of
+//! voters' ratings, changes, retries, anonymous votes and late records must
+//! reach exactly what the reference model ([`crate::pipeline::Expected`])
+//! predicts, through every failure at once, and `votestream recount` must
+//! agree with the result, and notice when it is tampered with.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use votestream::schema::redis::RedisKeys;
+
+use crate::common::eventually;
+use crate::consumer::HEAVY;
+use crate::pipeline::{World, assert_exact, produce, votes, wait_for_received};
+
+/// Waits until Redis has decided more than `floor` records; returns how many.
+async fn decided_past(world: &World, floor: i64) -> i64 {
+    eventually(
+        &format!("votes:received past {floor}"),
+        Duration::from_secs(180),
+        || async {
+            let n = world.redis_received().await;
+            (n > floor).then_some(n)
+        },
+    )
+    .await
+}
+
+/// Deletes every key of the world's prefix at once (one script: atomic),
+/// as a Redis restarted without persistence would lose them.
+async fn wipe(world: &World) {
+    let mut conn = world.redis().await;
+    let wiped: i64 = redis::Script::new(
+        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) end return n",
+    )
+    .arg(format!("{}*", world.prefix))
+    .invoke_async(&mut conn)
+    .await
+    .expect("wipe");
+    assert!(wiped > 0, "the wipe deleted the counters");
+}
+
+/// `votestream recount` for the world: its exit code and what it printed.
+fn recount(world: &World) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_votestream"))
+        .args([
+            "recount",
+            "--kafka-brokers",
+            &crate::common::kafka_brokers(),
+            "--votes-topic",
+            &world.topic.name,
+            "--redis-url",
+            &world.redis_url,
+            "--redis-key-prefix",
+            &world.prefix,
+            "--voting-closes-at",
+            &votestream::vote::format_instant(&world.closes_at),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run votestream recount");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn a_contest_matches_the_reference_model_through_kills_a_redis_wipe_and_a_pair_and_recounts_the_same() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("contest").await;
+    let n = 100_000;
+    let (records, expected) = votes(n);
+    eprintln!(
+        "model: {} received, {} current ratings, {} voters, outcomes {:?}",
+        expected.received, expected.total, expected.voters, expected.by_outcome
+    );
+    assert_eq!(expected.voters, 5_000, "5,000 voters");
+    for outcome in ["counted", "changed", "duplicate", "late"] {
+        assert!(
+            expected.by_outcome[outcome] >= 1_000,
+            "the sequence has {outcome} records"
+        );
+    }
+    produce(&world.topic.name, &records).await;
+    let small = [("BATCH_MAX_RECORDS", "250")];
+
+    // Two consumers in one group; one is killed midway.
+    let mut a = world.spawn_consumer(0, &small);
+    let mut b = world.spawn_consumer(1, &small);
+    let seen = decided_past(&world, 10_000).await;
+    b.kill9();
+    eprintln!("pair: second consumer SIGKILLed at {seen} decided");
+
+    // Three SIGKILLs of the consumer, with a wipe of Redis between the first two.
+    let mut round = 2;
+    for kill in 1..=3 {
+        let seen = decided_past(&world, world.redis_received().await + 4_000).await;
+        a.kill9();
+        eprintln!("SIGKILL {kill} at {seen} decided");
+        assert!(seen < n as i64, "killed mid-backlog");
+        if kill == 1 {
+            wipe(&world).await;
+            eprintln!("redis wiped");
+        }
+        a = world.spawn_consumer(round, &small);
+        round += 1;
+    }
+    wait_for_received(&world, n as i64, Duration::from_secs(600)).await;
+    assert_exact(&world, &expected, &records).await;
+    assert!(a.terminate().success());
+
+    let (code, report) = recount(&world);
+    eprintln!("{report}");
+    assert_eq!(code, 0, "the recount agrees: {report}");
+    assert!(report.contains("no differences"), "{report}");
+
+    // A live counter tampered with: the recount names it and fails.
+    let mut conn = world.redis().await;
+    let keys = RedisKeys::new(&world.prefix);
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(&keys.by_band)
+        .arg("Alux Nahual")
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (code, report) = recount(&world);
+    assert_eq!(code, 1, "a tampered counter is a difference: {report}");
+    assert!(report.contains("votes:by_band[Alux Nahual]"), "{report}");
+    let scratch: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}recount:*", world.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(scratch.is_empty(), "the recount leaves no scratch keys: {scratch:?}");
+    world.clean().await;
+}
