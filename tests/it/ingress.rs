@@ -3,6 +3,7 @@
 
 mod bad_grpc;
 mod bad_http;
+mod contest;
 mod delivery;
 mod failures;
 mod operations;

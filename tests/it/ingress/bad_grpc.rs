@@ -41,6 +41,13 @@ fn bad_grpc_votes() -> Vec<(proto::Vote, &'static str, &'static str)> {
         (vote(&|v| v.rank = Some(f64::NEG_INFINITY)), "rank", "not_finite"),
         (vote(&|v| v.rank = Some(10.000001)), "rank", "out_of_range"),
         (vote(&|v| v.rank = Some(-0.5)), "rank", "out_of_range"),
+        (vote(&|v| v.voter = Some(" ".into())), "voter", "empty"),
+        (vote(&|v| v.voter = Some("é".repeat(129))), "voter", "too_long"),
+        (
+            vote(&|v| v.request_id = Some("r\u{1b}1".into())),
+            "request_id",
+            "forbidden_character",
+        ),
     ]
 }
 

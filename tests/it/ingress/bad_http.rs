@@ -51,6 +51,11 @@ fn bad_http_votes() -> Vec<(Value, &'static str, &'static str)> {
         // 101 characters but 202 bytes: the limit counts characters.
         (with("name", json!("é".repeat(101))), "name", "too_long"),
         (with("album", json!("a\u{7}b")), "album", "forbidden_character"),
+        (with("voter", json!("  ")), "voter", "empty"),
+        (with("voter", json!(42)), "voter", "wrong_type"),
+        (with("voter", json!("v".repeat(129))), "voter", "too_long"),
+        (with("request_id", json!("a\nb")), "request_id", "forbidden_character"),
+        (with("request_id", json!(["r1"])), "request_id", "wrong_type"),
     ]
 }
 
