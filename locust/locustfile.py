@@ -6,8 +6,9 @@ or both, on the command line to compare the routes under the same load:
     locust -f locust/locustfile.py --headless -u 20 -r 20 -t 1m --voters 5000 --retry-rate 0.05 GrpcUser HttpUser
 
 Options (also in the web UI): --votes-file, --batch-size, --grpc-target,
---voters, --retry-rate and --tally-file; `locust -f locust/locustfile.py
---help` lists them. Every call is a Locust request (type "grpc" or "POST",
+--voters, --retry-rate and --tally-file, with their help in `_options` below
+(Locust 2.47's `--help` prints before it loads the locustfile, so it omits
+them). Every call is a Locust request (type "grpc" or "POST",
 with its time, size and failure); a request fails unless every vote in it was
 accepted, and a retry fails unless the ingress gave back the vote ids of the
 first sending.
