@@ -3,14 +3,31 @@
 or both, on the command line to compare the routes under the same load:
 
     locust -f locust/locustfile.py --headless -u 20 -r 20 -t 1m GrpcUser HttpUser
+    locust -f locust/locustfile.py --headless -u 20 -r 20 -t 1m --voters 5000 --retry-rate 0.05 GrpcUser HttpUser
 
-Options (also in the web UI): --votes-file, --batch-size, --grpc-target and
---tally-file; `locust -f locust/locustfile.py --help` lists them. Every call
-is a Locust request (type "grpc" or "POST", with its time, size and failure);
-a request fails unless every vote in it was accepted. The tally of accepted
-votes (a batch of 10 accepted counts 10) is kept per route and written to
---tally-file when the run stops. One process only: in distributed mode each
-worker keeps its own tally.
+Options (also in the web UI): --votes-file, --batch-size, --grpc-target,
+--voters, --retry-rate and --tally-file, with their help in `_options` below
+(Locust 2.47's `--help` prints before it loads the locustfile, so it omits
+them). Every call is a Locust request (type "grpc" or "POST",
+with its time, size and failure); a request fails unless every vote in it was
+accepted, and a retry fails unless the ingress gave back the vote ids of the
+first sending.
+
+With --voters N each vote carries a voter id ("voter-000123") from a pool of
+N, so voters change their ratings; a user holds the voters of a request (and
+of its retry) until it is answered, so a voter's votes reach Kafka in the
+order they were sent (ballots.VoterPool). With --retry-rate F every vote
+carries a request id and a fraction F of requests are sent a second time,
+unchanged: the votes accepted twice must count once.
+
+The tally (ballots.Tally), written to --tally-file when the run stops, has
+the votes accepted per route (a batch of 10 accepted counts 10, a retry
+counts again) and, under "redis", the counters the run must leave in Redis:
+votes received, by outcome, current ratings in total, per band and per album,
+per route, distinct voters and, while voters were never shared between
+requests in flight, the rank sums and averages. One process only: in
+distributed mode each worker keeps its own tally, and voters drawn by two
+workers are shared.
 """
 
 # grpcio blocks gevent (and so every other Locust user) unless told to
@@ -21,6 +38,7 @@ import grpc.experimental.gevent
 grpc.experimental.gevent.init_gevent()
 
 import json  # noqa: E402
+import random  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -33,6 +51,7 @@ import ballots  # noqa: E402
 REQUEST_TIMEOUT_S = 15.0
 
 TALLY = ballots.Tally()
+VOTERS = ballots.VoterPool(0)  # sized by --voters when Locust starts
 
 
 @events.init_command_line_parser.add_listener
@@ -58,10 +77,27 @@ def _options(parser):
         help="host:port of the gRPC ingress, for GrpcUser (HttpUser uses --host) [127.0.0.1:50051]",
     )
     group.add_argument(
+        "--voters",
+        type=int,
+        default=0,
+        env_var="LOCUST_VOTERS",
+        help="each vote carries a voter id from a pool of this many (voter-000000 ...), so voters change "
+        "their ratings; 0 sends anonymous votes [0]",
+    )
+    group.add_argument(
+        "--retry-rate",
+        type=float,
+        default=0.0,
+        env_var="LOCUST_RETRY_RATE",
+        help="fraction of requests (0 to 1) sent a second time with the same request_id(s), as a client "
+        "retrying after a timeout; above 0, every vote carries a request_id [0]",
+    )
+    group.add_argument(
         "--tally-file",
         default="",
         env_var="LOCUST_TALLY_FILE",
-        help="when the run stops, write the accepted votes per route here as JSON",
+        help="when the run stops, write here as JSON the votes accepted per route and the Redis counters "
+        "they must give",
     )
 
 
@@ -70,6 +106,12 @@ def _init(environment, **_kwargs):
     options = environment.parsed_options
     if options.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1")
+    if options.voters < 0:
+        raise SystemExit("--voters must be 0 or more")
+    if not 0 <= options.retry_rate <= 1:
+        raise SystemExit("--retry-rate must be between 0 and 1")
+    global VOTERS
+    VOTERS = ballots.VoterPool(options.voters)
     try:
         ballots.load_votes(options.votes_file)
     except (OSError, ValueError) as e:
@@ -100,18 +142,49 @@ class GrpcError(Exception):
     """A call that ended with a gRPC status other than OK."""
 
 
+class RetryGotOtherIds(Exception):
+    """A retry was answered with vote ids other than those of its first sending."""
+
+
 class _Voter:
-    """What both users share: the options and a feed of votes."""
+    """What both users share: the options, a feed of votes, and one task
+    around the route's `_send` (its request, reported to Locust, and the vote
+    id of each item, None when not accepted)."""
+
+    route: str
 
     def _setup(self, options):
         self.batch_size = options.batch_size
+        self.retry_rate = options.retry_rate
         self.feed = ballots.Feed(ballots.load_votes(options.votes_file))
+
+    def _vote(self):
+        lease = VOTERS.lease(self.batch_size)
+        try:
+            votes = ballots.ballots(self.feed.take(self.batch_size), lease.voters, request_ids=self.retry_rate > 0)
+            ids = self._send(votes)
+            TALLY.record(self.route, votes, ids, ordered=lease.exclusive)
+            if self.retry_rate and random.random() < self.retry_rate:
+                again = self._send(votes, first_ids=ids)
+                TALLY.record(self.route, votes, again, first_ids=ids, ordered=lease.exclusive)
+        finally:
+            VOTERS.release(lease)
+
+
+def _retry_problem(first_ids, ids) -> Exception | None:
+    """A vote accepted both times must have kept its id: that is how the
+    consumer knows the second one for a duplicate."""
+    changed = [i for i, (a, b) in enumerate(zip(first_ids, ids)) if a is not None and b is not None and a != b]
+    if changed:
+        return RetryGotOtherIds(f"{len(changed)} of {len(ids)} votes accepted again under another id")
+    return None
 
 
 class GrpcUser(User, _Voter):
     """Votes over gRPC: CastVote, or CastVotes with --batch-size > 1."""
 
     wait_time = constant(0)
+    route = "grpc"
 
     def on_start(self):
         options = self.environment.parsed_options
@@ -125,26 +198,32 @@ class GrpcUser(User, _Voter):
 
     @task
     def vote(self):
-        votes = [ballots.to_message(self.pb, v) for v in self.feed.take(self.batch_size)]
-        if self.batch_size == 1:
-            self._call("CastVote", self.stub.CastVote, votes[0], sent=1)
-        else:
-            self._call("CastVotes", self.stub.CastVotes, self.pb.CastVotesRequest(votes=votes), sent=len(votes))
+        self._vote()
 
-    def _call(self, name, method, request, sent):
-        accepted, exception, length = 0, None, 0
+    def _send(self, votes, first_ids=None):
+        messages = [ballots.to_message(self.pb, v) for v in votes]
+        single = self.batch_size == 1
+        name = ("CastVote" if single else "CastVotes") + (" (retry)" if first_ids is not None else "")
+        ids, exception, length = [None] * len(votes), None, 0
         start = time.perf_counter()
         try:
-            reply = method(request, timeout=REQUEST_TIMEOUT_S)
+            if single:
+                reply = self.stub.CastVote(messages[0], timeout=REQUEST_TIMEOUT_S)
+                ids = [reply.id]
+            else:
+                reply = self.stub.CastVotes(self.pb.CastVotesRequest(votes=messages), timeout=REQUEST_TIMEOUT_S)
+                for result in reply.results:
+                    if result.WhichOneof("outcome") == "accepted":
+                        ids[result.index] = result.accepted.id
+                if reply.accepted < len(votes):
+                    exception = NotAccepted(_grpc_batch_problem(reply, len(votes)))
             length = reply.ByteSize()
-            accepted = sent if name == "CastVote" else reply.accepted
-            if accepted < sent:
-                exception = NotAccepted(_grpc_batch_problem(reply, sent))
         except grpc.RpcError as e:
             # Status and message only: Locust groups failures by their text.
             exception = GrpcError(f"{e.code().name}: {e.details()}")
         elapsed_ms = (time.perf_counter() - start) * 1000
-        TALLY.add("grpc", accepted, sent - accepted)
+        if exception is None and first_ids is not None:
+            exception = _retry_problem(first_ids, ids)
         self.environment.events.request.fire(
             request_type="grpc",
             name=name,
@@ -153,6 +232,7 @@ class GrpcUser(User, _Voter):
             exception=exception,
             context={},
         )
+        return ids
 
 
 def _grpc_batch_problem(reply, sent) -> str:
@@ -173,31 +253,30 @@ class HttpUser(FastHttpUser, _Voter):
     wait_time = constant(0)
     network_timeout = REQUEST_TIMEOUT_S
     connection_timeout = REQUEST_TIMEOUT_S
+    route = "http"
 
     def on_start(self):
         self._setup(self.environment.parsed_options)
 
     @task
     def vote(self):
-        votes = self.feed.take(self.batch_size)
+        self._vote()
+
+    def _send(self, votes, first_ids=None):
         single = self.batch_size == 1
-        accepted = 0
-        with self.client.post(
-            "/votes",
-            json=votes[0] if single else votes,
-            name="/votes" if single else "/votes (batch)",
-            catch_response=True,
-        ) as response:
+        name = ("/votes" if single else "/votes (batch)") + (" (retry)" if first_ids is not None else "")
+        ids = [None] * len(votes)
+        with self.client.post("/votes", json=votes[0] if single else votes, name=name, catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
-            elif single:
-                accepted = 1
-            else:
-                body = response.json()
-                accepted = body["accepted"]
-                if accepted < len(votes):
-                    response.failure(_http_batch_problem(body, len(votes)))
-        TALLY.add("http", accepted, len(votes) - accepted)
+                return ids
+            body = response.json()
+            ids = [body["id"]] if single else body["ids"]
+            if not single and body["accepted"] < len(votes):
+                response.failure(_http_batch_problem(body, len(votes)))
+            elif first_ids is not None and (problem := _retry_problem(first_ids, ids)):
+                response.failure(str(problem))
+        return ids
 
 
 def _http_batch_problem(body, sent) -> str:

@@ -12,15 +12,16 @@ from locust import constant
 
 # Importing locustfile registers its options and listeners (once) and brings
 # its user classes into this file, so they can be named on the command line.
-from locustfile import GrpcUser, HttpUser  # noqa: F401
+from locustfile import GrpcUser, HttpUser, _Voter  # noqa: F401
 
 
-class RequestsHttpUser(locust.HttpUser):
-    """Votes over HTTP like `HttpUser` (same task, same votes, same tally),
-    but each request goes through python-requests."""
+class RequestsHttpUser(locust.HttpUser, _Voter):
+    """Votes over HTTP like `HttpUser` (same task, same votes, same voters,
+    retries and tally), but each request goes through python-requests."""
 
     host = HttpUser.host
     wait_time = constant(0)
-    _setup = HttpUser._setup
+    route = HttpUser.route
     on_start = HttpUser.on_start
     vote = HttpUser.vote
+    _send = HttpUser._send

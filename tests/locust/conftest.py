@@ -3,15 +3,10 @@ session (see pipeline_run.py), and a Redis client."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import redis
 
-from pipeline_run import REDIS_URL, ROOT, PipelineRun, run_pipeline
-
-# The Locust files (ballots, generate_votes) are tested directly too.
-sys.path.insert(0, str(ROOT / "locust"))
+from pipeline_run import REDIS_URL, PipelineRun, run_pipeline  # puts locust/ on the path too
 
 
 @pytest.fixture(scope="session")

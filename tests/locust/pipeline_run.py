@@ -2,10 +2,14 @@
 
 `votestream all` (the debug build) runs on free ports against the local stack
 with its own topic (6 partitions), consumer group, Redis key prefix and Mongo
-database. Locust drives it headless over both routes, first with single votes,
-then with batches, then with single votes whose HTTP side goes through
-python-requests (locust/requests_user.py), until Redis has counted every vote
-Locust saw accepted; then the pipeline gets SIGTERM. Before Locust, the run
+database. Locust drives it headless over both routes, first with anonymous
+single votes, then with batches from a pool of voters (who change their
+ratings) with some requests sent twice (retries), then with anonymous single
+votes, some sent twice, whose HTTP side goes through python-requests
+(locust/requests_user.py), until Redis has decided every vote Locust saw
+accepted; then the pipeline gets SIGTERM. Each run's tally predicts the Redis
+counters it adds (locust/ballots.py); only one run has voters, so the
+predictions add up. Before Locust, the run
 sends the ingress one unreadable body and one invalid vote, so that the
 ingress's refusal and rejection counters have series too. A private Prometheus
 (`scripts/stack up prometheus` with its own STACK_DIR, port and configuration)
@@ -36,6 +40,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pymongo
 import pytest
@@ -46,17 +51,27 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack"
 
+# The Locust files (ballots, generate_votes) are tested directly too.
+sys.path.insert(0, str(ROOT / "locust"))
+import ballots  # noqa: E402
+
 KAFKA_BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 
 USERS_PER_ROUTE = 3
 SECONDS_PER_RUN = 4
-# The Locust runs, one after the other: (file in locust/, HTTP user class, batch size).
+# More voters than the users hold at once (6 users x 5 votes): no voter is
+# ever in two requests in flight, so the tally predicts the average ranks too.
+VOTERS = 60
+RETRY_RATE = 0.2
+# The Locust runs, one after the other: (file in locust/, HTTP user class,
+# batch size, further options). One run only has voters: their ratings are
+# that run's alone, and the tallies' predictions simply add up.
 RUNS = (
-    ("locustfile.py", "HttpUser", 1),
-    ("locustfile.py", "HttpUser", 5),
-    ("requests_user.py", "RequestsHttpUser", 1),
+    ("locustfile.py", "HttpUser", 1, ()),
+    ("locustfile.py", "HttpUser", 5, ("--voters", str(VOTERS), "--retry-rate", str(RETRY_RATE))),
+    ("requests_user.py", "RequestsHttpUser", 1, ("--retry-rate", str(RETRY_RATE))),
 )
 COUNTED_TIMEOUT_S = 60
 SCRAPED_TIMEOUT_S = 30
@@ -64,12 +79,13 @@ SCRAPED_TIMEOUT_S = 30
 
 @dataclass
 class LocustRun:
-    label: str  # the file, the HTTP class and the batch size
+    label: str  # the file, the HTTP class, the batch size and the further options
     batch_size: int
+    options: tuple[str, ...]
     exit_code: int
     output: str  # Locust's stdout and stderr
     stats: list[dict]  # --json-file: one entry per request name
-    tally: dict[str, dict[str, int]]  # --tally-file: accepted / not_accepted per route
+    tally: dict[str, Any]  # --tally-file: accepted / not_accepted per route, "resent", "redis" (ballots.Tally)
 
 
 @dataclass
@@ -77,7 +93,8 @@ class PipelineRun:
     prefix: str  # the Redis key prefix of this run
     database: str
     locust: list[LocustRun] = field(default_factory=list)
-    counted: int = 0  # votes:total when Locust's accepted votes were all counted, or at the timeout
+    received: int = 0  # votes:received once it reached the votes Locust saw accepted, or at the timeout
+    counted: int = 0  # votes:total at that moment
     exit_code: int | None = None  # votestream's, after SIGTERM (None: it did not stop in time)
     log: Path | None = None
     prometheus: str = ""  # the private Prometheus's base URL
@@ -86,6 +103,31 @@ class PipelineRun:
     def accepted(self, route: str | None = None) -> int:
         routes = [route] if route else ["grpc", "http"]
         return sum(run.tally[r]["accepted"] for run in self.locust for r in routes)
+
+    def predicted(self) -> dict[str, Any]:
+        """The Redis counters (keys without the prefix) that all the runs
+        together must leave: the sum of their tallies' predictions, which
+        holds because no two runs share a voter. The rank hashes are None
+        unless every run predicted them."""
+        runs = [run.tally["redis"] for run in self.locust]
+        total: dict[str, Any] = {}
+        for key, value in runs[0].items():
+            if isinstance(value, int):
+                total[key] = sum(r[key] for r in runs)
+            elif key == "rank:avg_by_album":
+                continue
+            elif any(r[key] is None for r in runs):
+                total[key] = None
+            else:
+                total[key] = {}
+                for r in runs:
+                    for name, n in r[key].items():
+                        total[key][name] = total[key].get(name, 0) + n
+        sums = total["rank:sum_by_album"]
+        total["rank:avg_by_album"] = (
+            None if sums is None else {a: ballots.average(s, total["votes:by_album"][a]) for a, s in sums.items()}
+        )
+        return total
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log else ""
@@ -126,9 +168,9 @@ def run_pipeline(tmp: Path, redis_client: redis.Redis) -> Iterator[PipelineRun]:
         try:
             _wait_ready(pipeline, run, [f"http://127.0.0.1:{p}/readyz" for p in (http_port, consumer_port)])
             _send_bad_requests(http_port)
-            for locustfile, http_user, batch_size in RUNS:
-                run.locust.append(_run_locust(tmp, locustfile, http_user, batch_size, http_port, grpc_port))
-            run.counted = _wait_counted(redis_client, run)
+            for locustfile, http_user, batch_size, options in RUNS:
+                run.locust.append(_run_locust(tmp, locustfile, http_user, batch_size, options, http_port, grpc_port))
+            run.received, run.counted = _wait_decided(redis_client, run)
             run.scraped_at = _wait_scraped(run)
         finally:
             pipeline.send_signal(signal.SIGTERM)
@@ -255,8 +297,16 @@ def _send_bad_requests(http_port: int) -> None:
             assert e.code == 400, f"{body!r}: {e.code}"
 
 
-def _run_locust(tmp: Path, locustfile: str, http_user: str, batch_size: int, http_port: int, grpc_port: int) -> LocustRun:
-    label = f"{locustfile} GrpcUser {http_user} batch size {batch_size}"
+def _run_locust(
+    tmp: Path,
+    locustfile: str,
+    http_user: str,
+    batch_size: int,
+    options: tuple[str, ...],
+    http_port: int,
+    grpc_port: int,
+) -> LocustRun:
+    label = " ".join((locustfile, "GrpcUser", http_user, "batch size", str(batch_size), *options))
     tally, stats = tmp / f"tally-{http_user}-{batch_size}.json", tmp / f"stats-{http_user}-{batch_size}"
     users = 2 * USERS_PER_ROUTE
     result = subprocess.run(
@@ -270,6 +320,7 @@ def _run_locust(tmp: Path, locustfile: str, http_user: str, batch_size: int, htt
             "--batch-size", str(batch_size),
             "--tally-file", str(tally),
             "--json-file", str(stats),
+            *options,
             "GrpcUser", http_user,
         ],
         cwd=ROOT,
@@ -282,21 +333,24 @@ def _run_locust(tmp: Path, locustfile: str, http_user: str, batch_size: int, htt
     return LocustRun(
         label=label,
         batch_size=batch_size,
+        options=options,
         exit_code=result.returncode,
         output=output,
         stats=read(Path(f"{stats}.json")) or [],
-        tally=read(tally) or {"grpc": {"accepted": 0, "not_accepted": 0}, "http": {"accepted": 0, "not_accepted": 0}},
+        tally=read(tally) or ballots.Tally().snapshot(),
     )
 
 
-def _wait_counted(client: redis.Redis, run: PipelineRun) -> int:
-    """votes:total once it reaches what Locust saw accepted (or at the timeout)."""
+def _wait_decided(client: redis.Redis, run: PipelineRun) -> tuple[int, int]:
+    """(votes:received, votes:total) once the consumer has decided as many
+    records as Locust saw accepted (or at the timeout)."""
     want = run.accepted()
     deadline = time.monotonic() + COUNTED_TIMEOUT_S
     while True:
-        counted = int(client.get(f"{run.prefix}votes:total") or 0)
-        if counted >= want or time.monotonic() > deadline:
+        received = int(client.get(f"{run.prefix}votes:received") or 0)
+        if received >= want or time.monotonic() > deadline:
             # A short settle, so a count that overshoots shows up as such.
             time.sleep(1)
-            return int(client.get(f"{run.prefix}votes:total") or 0)
+            received, counted = client.mget(f"{run.prefix}votes:received", f"{run.prefix}votes:total")
+            return int(received or 0), int(counted or 0)
         time.sleep(0.2)

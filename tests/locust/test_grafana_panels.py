@@ -4,11 +4,11 @@ real Redis after the pipeline run of conftest.py, returns the data the panel
 charts; and every panel's PromQL, run through the HTTP API of the real
 Prometheus that scraped that run, returns numbers.
 
-The redis-datasource plugin's query model (`type`, `command`, `keyName`, ...)
-and the frames it answers with (HGETALL: string columns `Field` and `Value`;
-GET: one `Value`, a number when it parses as one; XRANGE: `$streamId`,
-`$time` and one column per entry field, over the dashboard's time range)
-are those of the plugin's source, version 2.x.
+The redis-datasource plugin's query model (`type`, `command`, `keyName`,
+`field`, ...) and the frames it answers with (HGETALL: string columns `Field`
+and `Value`; GET and HGET: one `Value`, a number when it parses as one;
+XRANGE: `$streamId`, `$time` and one column per entry field, over the
+dashboard's time range) are those of the plugin's source, version 2.x.
 """
 
 from __future__ import annotations
@@ -29,16 +29,22 @@ DASHBOARDS = sorted((PROVISIONING / "dashboards").glob("*.json"))
 # Panel types of Grafana 11's core plugins that this project may use.
 PANEL_TYPES = {"stat", "piechart", "timeseries", "barchart", "bargauge", "table", "gauge", "text", "row"}
 # Commands of the plugin's "Redis commands" query type that this test can run.
-COMMANDS = {"get", "hgetall", "xrange"}
+COMMANDS = {"get", "hget", "hgetall", "xrange"}
 # Each key of DESIGN.md's contract that Grafana is meant to chart.
 CHARTED_KEYS = {
     "votes:total",
+    "votes:received",
+    "voters:total",
     "votes:by_band",
     "votes:by_album",
     "votes:by_route",
     "rank:avg_by_album",
     "votes:timeline",
+    "contest:status",
 }
+# The outcomes of the votes each timeline entry counts, and the contest's statuses.
+OUTCOMES = {"counted", "changed", "duplicate", "late"}
+STATUSES = {"not_open", "open", "closed", "final"}
 
 
 def datasources() -> dict[str, str]:
@@ -121,6 +127,29 @@ def test_the_dashboards_chart_every_counter_of_the_contract():
     assert CHARTED_KEYS <= keys, f"not charted: {CHARTED_KEYS - keys}"
 
 
+def test_the_outcomes_of_each_batch_are_charted_over_time():
+    charted = [
+        fields_used(panel)
+        for _, _, panel in REDIS_QUERIES
+        for t in panel["targets"]
+        if (t.get("command"), t.get("keyName")) == ("xrange", "votes:timeline")
+    ]
+    assert any(OUTCOMES <= fields for fields in charted), f"no timeline panel charts {sorted(OUTCOMES)}: {charted}"
+
+
+def test_the_contest_status_is_shown_by_name():
+    shown = [
+        (panel, value_mappings(panel))
+        for _, _, panel in REDIS_QUERIES
+        for t in panel["targets"]
+        if (t.get("command"), t.get("keyName"), t.get("field")) == ("hget", "contest:status", "status")
+    ]
+    assert shown, "a panel shows HGET contest:status status"
+    for panel, mappings in shown:
+        assert set(mappings) == STATUSES, f"{panel['title']}: maps {sorted(mappings)}"
+        assert panel["options"]["reduceOptions"]["fields"] == "/^Value$/", f"{panel['title']}: shows the string value"
+
+
 def test_the_provider_reads_the_folder_the_dashboards_are_mounted_in():
     for f in sorted((PROVISIONING / "dashboards").glob("*.y*ml")):
         for provider in yaml.safe_load(f.read_text())["providers"]:
@@ -139,17 +168,21 @@ def test_every_panel_queries_redis_or_prometheus():
 @pytest.mark.parametrize(("dashboard", "panel"), [q[1:] for q in REDIS_QUERIES], ids=[q[0] for q in REDIS_QUERIES])
 def test_the_panel_query_returns_the_data_it_charts(dashboard, panel, pipeline_run: PipelineRun, redis_client):
     assert pipeline_run.counted > 0, "votes flowed"
+    mapped = value_mappings(panel)
     for target in panel["targets"]:
         assert target.get("type", "command") == "command" and not target.get("query"), "a Redis command query"
-        command, key = target.get("command"), target.get("keyName")
+        command, key, field = target.get("command"), target.get("keyName"), target.get("field")
         assert command in COMMANDS and key, f"{panel['title']}: command {command!r} on key {key!r}"
-        frame = run_query(redis_client, pipeline_run.prefix + key, command, dashboard)
+        assert (command == "hget") == bool(field), f"{panel['title']}: {command} with field {field!r}"
+        frame = run_query(redis_client, pipeline_run.prefix + key, command, dashboard, field)
         assert frame and all(frame.values()), f"{panel['title']}: {command.upper()} {key} returned nothing"
         for name in fields_used(panel):
             assert name in frame, f"{panel['title']}: uses field {name!r}; the query returns {sorted(frame)}"
         for name in charted_fields(frame):
-            bad = [v for v in frame[name] if not is_number(v)]
-            assert not bad, f"{panel['title']}: {name} is charted but holds non-numbers {bad[:5]}"
+            # A panel that maps values to names shows names; any other charts numbers.
+            bad = [v for v in frame[name] if (v not in mapped if mapped else not is_number(v))]
+            wanted = "values it maps" if mapped else "numbers"
+            assert not bad, f"{panel['title']}: {name} is charted but holds {bad[:5]}, not {wanted}"
 
 
 @pytest.mark.parametrize(("dashboard", "panel"), [q[1:] for q in PROMETHEUS_QUERIES], ids=[q[0] for q in PROMETHEUS_QUERIES])
@@ -182,10 +215,10 @@ def promql(expr: str) -> str:
     return expr
 
 
-def run_query(client, key: str, command: str, dashboard: dict) -> dict[str, list]:
+def run_query(client, key: str, command: str, dashboard: dict, field: str | None = None) -> dict[str, list]:
     """The columns of the frame the plugin makes from the command's answer."""
-    if command == "get":
-        value = client.get(key)
+    if command in ("get", "hget"):
+        value = client.get(key) if command == "get" else client.hget(key, field)
         return {"Value": [] if value is None else [value]}
     if command == "hgetall":
         pairs = client.hgetall(key)
@@ -209,16 +242,26 @@ def relative_ms(spec: str) -> int:
 
 def fields_used(panel: dict) -> set[str]:
     """The frame fields a panel names before any renaming: the bar chart's
-    x field and the fields its transformations convert, sort or drop."""
+    x field and the fields its transformations keep, convert, sort or drop."""
     used = set()
     if panel.get("options", {}).get("xField"):
         used.add(panel["options"]["xField"])
     for t in panel.get("transformations", []):
         options = t.get("options", {})
+        used |= set(options.get("include", {}).get("names", []))
         used |= {c["targetField"] for c in options.get("conversions", [])}
         used |= {s["field"] for s in options.get("sort", [])}
         used |= set(options.get("excludeByName", {})) | set(options.get("renameByName", {}))
     return used
+
+
+def value_mappings(panel: dict) -> dict[str, dict]:
+    """The values a panel shows by another name (value mappings), with how."""
+    mapped = {}
+    for mapping in panel.get("fieldConfig", {}).get("defaults", {}).get("mappings", []):
+        if mapping.get("type") == "value":
+            mapped.update(mapping["options"])
+    return mapped
 
 
 def charted_fields(frame: dict[str, list]) -> set[str]:
