@@ -441,7 +441,8 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
         }
         tail.extend(page);
     }
-    let ids: Vec<String> = tail
+    // A record is its vote id and receive time (a duplicate shares the id, not the time).
+    let records_seen: Vec<(String, String)> = tail
         .iter()
         .flat_map(|(_, fields)| {
             let (_, logs) = fields
@@ -449,16 +450,18 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
                 .find(|(name, _)| name == votestream::schema::redis::LOGS_TAIL_FIELD)
                 .expect("a logs field");
             let items: Vec<serde_json::Value> = serde_json::from_str(logs).expect("log items");
-            items
-                .into_iter()
-                .map(|item| item["id"].as_str().expect("id").to_owned())
+            items.into_iter().map(|item| {
+                let field = |name: &str| item[name].as_str().expect(name).to_owned();
+                assert!(item["outcome"].is_string(), "each item carries its outcome: {item}");
+                (field("id"), field("received_at"))
+            })
         })
         .collect();
-    assert_eq!(ids.len(), n, "one entry per vote, none twice");
-    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(records_seen.len(), n, "one entry per record, none twice");
+    let unique: std::collections::HashSet<&(String, String)> = records_seen.iter().collect();
     assert_eq!(unique.len(), n);
 
-    // Where each vote sits in Kafka, from its log.
+    // Where each record sits in Kafka, from its log.
     let logs: Vec<LogDocument> = world
         .logs()
         .await
@@ -468,10 +471,17 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
         .try_collect()
         .await
         .expect("read logs");
-    let position: HashMap<String, (i32, i64)> = logs.iter().map(|d| (d.id.clone(), (d.partition, d.offset))).collect();
+    let position: HashMap<(String, String), (i32, i64)> = logs
+        .iter()
+        .map(|d| {
+            let at = chrono::DateTime::from_timestamp_millis(d.received_at.timestamp_millis()).unwrap();
+            let key = (d.vote_id.clone().unwrap_or_default(), votestream::vote::format_instant(&at));
+            (key, (d.partition, d.offset))
+        })
+        .collect();
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-    for id in &ids {
-        let (partition, offset) = position[id];
+    for record in &records_seen {
+        let (partition, offset) = position[record];
         let previous = last.insert(partition, offset).unwrap_or(-1);
         assert!(
             offset > previous,

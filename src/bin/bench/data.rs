@@ -31,6 +31,44 @@ pub fn vote(i: usize) -> VoteRecord {
     .stamp(route, Utc::now())
 }
 
+/// Albums a voter of the contest backlog may rate (20 bands x 3 albums).
+const ALBUMS: usize = BANDS * ALBUMS_PER_BAND;
+
+/// The `i`-th record of a contest from `voters` voters: voters take turns
+/// (record `i` is voter `i % voters`'s vote of round `i / voters`); in 3
+/// rounds of 10 a voter rates again the album of their previous round (a
+/// change: 30 %), otherwise a new one; every 20th record resends the record
+/// before it, same request id (a retry: 5 %). Every vote carries a request id.
+pub fn contest_vote(i: usize, voters: usize) -> VoteRecord {
+    if i % 20 == 19 {
+        let earlier = contest_vote(i - 1, voters);
+        return VoteRecord {
+            received_at: Utc::now(),
+            ..earlier
+        };
+    }
+    let voter = i % voters;
+    let round = i / voters;
+    let changes = |r: usize| r > 0 && matches!((voter + r) % 10, 3 | 6 | 9);
+    // The album of `round`: the previous round's when it changes, else the next new one.
+    let new_ratings = (0..=round).filter(|&r| !changes(r)).count();
+    let album_index = (voter + new_ratings.saturating_sub(1)) % ALBUMS;
+    let (band, album) = (album_index % BANDS, album_index / BANDS);
+    Vote::new(
+        &format!("Banda {band:02}"),
+        &format!("Álbum {band:02}-{album}"),
+        1980 + (i % 40) as i64,
+        (i % 21) as f64 / 2.0,
+        &Rules::default(),
+    )
+    .and_then(|v| v.with_ids(Some(&format!("voter-{voter:06}")), Some(&format!("r{round}"))))
+    .expect("generated votes are valid")
+    .stamp(
+        if i.is_multiple_of(2) { Route::Grpc } else { Route::Http },
+        Utc::now(),
+    )
+}
+
 pub fn votes(n: usize) -> Vec<VoteRecord> {
     (0..n).map(vote).collect()
 }

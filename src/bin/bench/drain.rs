@@ -24,6 +24,19 @@ pub struct Drained {
     pub peak_rss_mib: f64,
     /// With a logs page open: what its clients saw.
     pub page: Option<PageSeen>,
+    /// The Redis key prefix the consumer counted under: still there when
+    /// the drain was asked to keep the counters ([`Drain::keep_counters`]).
+    pub prefix: String,
+}
+
+/// How a drain runs, beyond its topic.
+#[derive(Default)]
+pub struct Drain {
+    pub outage: Option<Outage>,
+    /// `votestream all` with a logs page open, instead of the consumer alone.
+    pub page: bool,
+    /// Leave the Redis counters for the caller to look at (and delete).
+    pub keep_counters: bool,
 }
 
 /// What the logs page's clients saw during a drain by `votestream all`.
@@ -53,13 +66,12 @@ const COMMITTED_POLL: Duration = Duration::from_millis(250);
 /// Drains `topic` with `votestream consumer`, or with `page`, with `votestream
 /// all` while a logs page is open: one client on `/logs/stream` and one
 /// `GET /logs?limit=20` (plus one page deeper) each second.
-pub async fn drain(
-    stack: &Stack,
-    topic: &str,
-    outage: Option<Outage>,
-    page: bool,
-    log: &str,
-) -> anyhow::Result<Drained> {
+pub async fn drain(stack: &Stack, topic: &str, how: Drain, log: &str) -> anyhow::Result<Drained> {
+    let Drain {
+        outage,
+        page,
+        keep_counters,
+    } = how;
     let ends = stack.high_watermarks(topic)?;
     let expected: i64 = ends.values().sum();
     let group = unique("drain-group");
@@ -97,7 +109,7 @@ pub async fn drain(
             started.elapsed() < Duration::from_secs(3600),
             "the backlog was not drained within an hour"
         );
-        let total = stack.redis_total(&mut redis, &prefix).await;
+        let total = stack.redis_received(&mut redis, &prefix).await;
         if first_counted.is_none() && total > 0 {
             first_counted = Some(Instant::now());
         }
@@ -129,8 +141,8 @@ pub async fn drain(
     let status = consumer.terminate()?;
     anyhow::ensure!(status.success(), "the consumer exited with {status} on SIGTERM");
 
-    let counted = stack.redis_total(&mut redis, &prefix).await;
-    anyhow::ensure!(counted == expected, "Redis counted {counted} of {expected} votes");
+    let counted = stack.redis_received(&mut redis, &prefix).await;
+    anyhow::ensure!(counted == expected, "Redis decided {counted} of {expected} records");
     // Committed offsets already mean Mongo confirmed every batch; counting is a
     // second look, skipped for big backlogs: FerretDB counts by scanning (~1 min per million).
     if expected <= COUNT_LOGS_UP_TO {
@@ -142,7 +154,9 @@ pub async fn drain(
             .await? as i64;
         anyhow::ensure!(logged == expected, "Mongo holds {logged} of {expected} logs");
     }
-    stack.delete_prefix(&prefix).await;
+    if !keep_counters {
+        stack.delete_prefix(&prefix).await;
+    }
     if private.is_none() {
         stack.drop_database(&database).await;
     }
@@ -156,6 +170,7 @@ pub async fn drain(
         startup_s: (first - started).as_secs_f64(),
         peak_rss_mib,
         page,
+        prefix,
     })
 }
 

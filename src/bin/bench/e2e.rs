@@ -166,7 +166,7 @@ async fn wait_for_total(
     consumer: &mut crate::stack::Process,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    while stack.redis_total(redis, prefix).await < total {
+    while stack.redis_received(redis, prefix).await < total {
         consumer.ensure_running("the consumer")?;
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(120),

@@ -42,6 +42,9 @@ enum Section {
     /// Two consumers draining, one restarted: the pause in counting, eager against
     /// cooperative with static membership.
     Restart,
+    /// A contest backlog (voters, 30 % changed ratings, 5 % retries): its drain and the Redis
+    /// memory per voter and per remembered vote id, at a tenth of --voters and at all of them.
+    Contest,
 }
 
 #[derive(Debug, Parser)]
@@ -77,7 +80,7 @@ struct Args {
     )]
     mongodb_uri: String,
     /// Sections to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["raw", "drain", "memory", "pipeline", "restart", "ingress", "e2e"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["raw", "drain", "memory", "pipeline", "restart", "contest", "ingress", "e2e"])]
     only: Vec<Section>,
     /// Repetitions of every measurement (figures are their medians).
     #[arg(long, default_value_t = 3)]
@@ -85,6 +88,12 @@ struct Args {
     /// Votes in the backlog the consumer drains.
     #[arg(long, default_value_t = 1_000_000)]
     backlog: usize,
+    /// Voters of the contest backlog.
+    #[arg(long, default_value_t = 100_000)]
+    voters: usize,
+    /// Records of the contest backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    voters_backlog: usize,
     /// Votes per raw produce run.
     #[arg(long, default_value_t = 200_000)]
     produce_votes: usize,
@@ -132,6 +141,8 @@ impl Args {
         if self.smoke {
             self.reps = 1;
             self.backlog = 3_000;
+            self.voters_backlog = 3_000;
+            self.voters = 300;
             self.produce_votes = 2_000;
             self.redis_batches = 3;
             self.mongo_batches = 3;

@@ -133,10 +133,10 @@ impl Stack {
             .await?)
     }
 
-    /// `votes:total` under `prefix` (0 before the first batch).
-    pub async fn redis_total(&self, conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> i64 {
+    /// `votes:received` under `prefix`: the records decided (0 before the first batch).
+    pub async fn redis_received(&self, conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> i64 {
         redis::cmd("GET")
-            .arg(RedisKeys::new(prefix).total)
+            .arg(RedisKeys::new(prefix).received)
             .query_async::<Option<i64>>(conn)
             .await
             .ok()

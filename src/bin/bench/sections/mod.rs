@@ -11,6 +11,7 @@ use crate::{Args, Section, data, drain, raw, settings};
 mod pipeline;
 mod restart;
 mod serving;
+mod voters;
 
 use pipeline::pipeline_with_page;
 use restart::restart_pause;
@@ -52,6 +53,9 @@ pub async fn run(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Res
         stack.delete_topic(&topic).await;
         sections?;
         memory_targets(report);
+    }
+    if args.runs(Section::Contest) {
+        voters::contest(args, stack, report).await?;
     }
     if args.runs(Section::Ingress) {
         ingress_routes(args, stack, report).await?;
@@ -191,7 +195,7 @@ async fn consumer_drain(args: &Args, stack: &Stack, report: &mut Report, topic: 
             args.backlog,
             rep + 1
         ));
-        let drained = drain::drain(stack, topic, None, false, &format!("drain-{rep}")).await?;
+        let drained = drain::drain(stack, topic, drain::Drain::default(), &format!("drain-{rep}")).await?;
         eprintln!(
             "  {:.0} votes/s, started in {:.1} s, peak RSS {:.1} MiB",
             drained.votes_per_s, drained.startup_s, drained.peak_rss_mib
@@ -250,7 +254,7 @@ async fn mongo_outage(args: &Args, stack: &Stack, report: &mut Report, topic: &s
         let outage = drain::Outage {
             down_for: Duration::from_secs(args.mongo_outage_secs),
         };
-        let drained = drain::drain(stack, topic, Some(outage), false, &format!("outage-{rep}")).await?;
+        let drained = drain::drain(stack, topic, drain::Drain { outage: Some(outage), ..Default::default() }, &format!("outage-{rep}")).await?;
         eprintln!("  peak RSS {:.1} MiB", drained.peak_rss_mib);
         peaks.push(drained.peak_rss_mib);
         rates.push(drained.votes_per_s);

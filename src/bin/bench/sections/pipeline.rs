@@ -22,7 +22,7 @@ pub(super) async fn pipeline_with_page(
     for rep in 0..reps {
         step(&format!("pipeline: consumer alone, run {}/{reps}", rep + 1));
         alone.push(shown(
-            drain::drain(stack, topic, None, false, &format!("alone-{rep}"))
+            drain::drain(stack, topic, drain::Drain::default(), &format!("alone-{rep}"))
                 .await?
                 .votes_per_s,
             "votes/s",
@@ -31,7 +31,7 @@ pub(super) async fn pipeline_with_page(
             "pipeline: votestream all with a logs page open, run {}/{reps}",
             rep + 1
         ));
-        let drained = drain::drain(stack, topic, None, true, &format!("all-{rep}")).await?;
+        let drained = drain::drain(stack, topic, drain::Drain { page: true, ..Default::default() }, &format!("all-{rep}")).await?;
         all.push(shown(drained.votes_per_s, "votes/s"));
         rss.push(drained.peak_rss_mib);
         let page = drained.page.context("the page's figures")?;

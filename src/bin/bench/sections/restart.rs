@@ -90,7 +90,7 @@ async fn restart_once(stack: &Stack, topic: &str, membership: Membership, rep: u
             "the backlog was not drained within an hour"
         );
         first.ensure_running("the first consumer")?;
-        let total = stack.redis_total(&mut redis, &prefix).await;
+        let total = stack.redis_received(&mut redis, &prefix).await;
         let now = Instant::now();
         if total > last_total {
             if sigterm_at.is_some() {
@@ -124,7 +124,7 @@ async fn restart_once(stack: &Stack, topic: &str, membership: Membership, rep: u
         let status = process.terminate()?;
         anyhow::ensure!(status.success(), "a consumer exited with {status} on SIGTERM");
     }
-    let counted = stack.redis_total(&mut redis, &prefix).await;
+    let counted = stack.redis_received(&mut redis, &prefix).await;
     anyhow::ensure!(counted == expected, "Redis counted {counted} of {expected} votes");
     stack.delete_prefix(&prefix).await;
     stack.drop_database(&database).await;

@@ -1,0 +1,149 @@
+//! The contest backlog (issue 14): records from many voters, 30 % of them
+//! changed ratings and 5 % retries, drained by the consumer against the
+//! slowest raw sink, and the Redis memory the rules keep (each voter's
+//! ratings, the set of voters, the remembered vote ids), at a tenth of the
+//! voters and at all of them, to show how it grows.
+
+use deadpool_redis::redis;
+use votestream::schema::redis::RedisKeys;
+
+use super::{repeated, step};
+use crate::report::{Report, Target};
+use crate::stack::Stack;
+use crate::{Args, data, drain, raw};
+
+/// What the rules keep in Redis after a contest backlog.
+struct Memory {
+    ratings: i64,
+    voters: i64,
+    seen: i64,
+    /// `MEMORY USAGE ... SAMPLES 0` of `voters:ratings`, `voters:seen`, `votes:seen`.
+    ratings_bytes: i64,
+    voters_bytes: i64,
+    seen_bytes: i64,
+    /// `INFO memory` `used_memory` after the drain minus before the backlog.
+    used_delta: i64,
+}
+
+pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
+    let full = (args.voters_backlog, args.voters);
+    let tenth = (args.voters_backlog / 10, (args.voters / 10).max(1));
+    for (backlog, voters) in [tenth, full] {
+        step(&format!("producing a contest backlog of {backlog} records from {voters} voters"));
+        let topic = stack.topic("contest", 6).await?;
+        let producer = raw::producer(stack, &topic)?;
+        let mut conn = stack.redis().await?;
+        let before = used_memory(&mut conn).await?;
+        let chunk = 100_000;
+        for start in (0..backlog).step_by(chunk) {
+            let records: Vec<_> = (start..backlog.min(start + chunk))
+                .map(|i| data::contest_vote(i, voters))
+                .collect();
+            raw::produce_with(&producer, &records).await?;
+        }
+        let reps = if (backlog, voters) == full { args.reps() } else { 1 };
+        let mut memory = None;
+        let rates = repeated(reps, &format!("contest drain, {voters} voters"), "records/s", async || {
+            let how = drain::Drain {
+                keep_counters: memory.is_none(),
+                ..drain::Drain::default()
+            };
+            let drained = drain::drain(stack, &topic, how, &format!("contest-{voters}")).await?;
+            if memory.is_none() {
+                let keys = RedisKeys::new(&drained.prefix);
+                memory = Some(measure(&mut conn, &keys, before).await?);
+                stack.delete_prefix(&drained.prefix).await;
+            }
+            Ok(drained.votes_per_s)
+        })
+        .await?;
+        stack.delete_topic(&topic).await;
+        let m = memory.expect("the first run measures");
+        eprintln!(
+            "  {} ratings from {} voters, {} vote ids remembered; MEMORY USAGE ratings {} B, voters {} B, ids {} B; used_memory +{} B",
+            m.ratings, m.voters, m.seen, m.ratings_bytes, m.voters_bytes, m.seen_bytes, m.used_delta
+        );
+        let per = |bytes: i64, n: i64| bytes as f64 / n.max(1) as f64;
+        let at = format!("{voters} voters");
+        report.add(
+            format!("contest.bytes_per_voter_{voters}"),
+            format!("Redis per voter (their ratings and set entry), {at}"),
+            "B",
+            vec![per(m.ratings_bytes + m.voters_bytes, m.voters)],
+        );
+        report.add(
+            format!("contest.bytes_per_rating_{voters}"),
+            format!("Redis per current rating (voters:ratings), {at}"),
+            "B",
+            vec![per(m.ratings_bytes, m.ratings)],
+        );
+        report.add(
+            format!("contest.bytes_per_dedup_entry_{voters}"),
+            format!("Redis per remembered vote id (votes:seen), {at}"),
+            "B",
+            vec![per(m.seen_bytes, m.seen)],
+        );
+        report.add(
+            format!("contest.used_memory_mib_{voters}"),
+            format!("Redis used_memory growth over the contest backlog ({backlog} records), {at}"),
+            "MiB",
+            vec![m.used_delta as f64 / 1_048_576.0],
+        );
+        if (backlog, voters) == full {
+            report.add(
+                "contest.drain_records_per_s",
+                format!("consumer drain of {backlog} contest records from {voters} voters (30 % changes, 5 % retries)"),
+                "records/s",
+                rates,
+            );
+        }
+    }
+    let sinks = [("Redis", "raw.redis_apply"), ("Mongo", "raw.mongo_insert")];
+    let slowest = sinks
+        .iter()
+        .filter_map(|(name, key)| report.median(key).map(|m| (*name, m)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    if let (Some((name, slowest)), Some(drain)) = (slowest, report.median("contest.drain_records_per_s")) {
+        report.target(Target {
+            key: "contest_drain_vs_slowest_sink".into(),
+            label: format!("contest drain / slowest raw sink ({name})"),
+            value: drain / slowest,
+            bound: (">=", 0.8),
+            unit: "x",
+        });
+    }
+    Ok(())
+}
+
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<i64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))
+}
+
+async fn measure(conn: &mut redis::aio::MultiplexedConnection, keys: &RedisKeys, before: i64) -> anyhow::Result<Memory> {
+    let usage = async |conn: &mut redis::aio::MultiplexedConnection, key: &str| -> anyhow::Result<i64> {
+        let bytes: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(conn)
+            .await?;
+        Ok(bytes.unwrap_or(0))
+    };
+    let ratings: i64 = redis::cmd("HLEN").arg(&keys.ratings).query_async(conn).await?;
+    let voters: i64 = redis::cmd("SCARD").arg(&keys.voters_seen).query_async(conn).await?;
+    let seen: i64 = redis::cmd("HLEN").arg(&keys.votes_seen).query_async(conn).await?;
+    Ok(Memory {
+        ratings,
+        voters,
+        seen,
+        ratings_bytes: usage(conn, &keys.ratings).await?,
+        voters_bytes: usage(conn, &keys.voters_seen).await?,
+        seen_bytes: usage(conn, &keys.votes_seen).await?,
+        used_delta: used_memory(conn).await? - before,
+    })
+}
