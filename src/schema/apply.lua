@@ -11,7 +11,7 @@
 --   decided: how many records were decided now (the others, in a replay, are told again).
 --   outcomes: one letter per record: c counted, x changed, d duplicate, l late.
 -- The keys by name, in the order of RedisKeys::script_keys.
-local total, by_band, by_album, by_route, rank_sum_by_album, rank_avg_by_album, timeline, offsets, logs_tail, received, by_outcome, voters_total, voters_seen, ratings, votes_seen, seen_sweep = unpack(KEYS)
+local total, by_band, by_album, by_route, rank_sum_by_album, rank_avg_by_album, timeline, offsets, logs_tail, received, by_outcome, voters_total, voters_seen, ratings, votes_seen, seen_sweep, outcomes = unpack(KEYS)
 local a = cjson.decode(ARGV[1])
 local stored = {}
 for n, r in ipairs(a.ranges) do
@@ -29,18 +29,33 @@ local band, album, rank, route, outcome = {}, {}, {}, {}, {c = 0, x = 0, d = 0, 
 local new_total, decided, new_voters, max_t = 0, 0, 0, 0
 local items = string.gmatch(ARGV[3], '[^\n]+')
 local function add(t, k, v) t[k] = (t[k] or 0) + v end
+-- Every decided record's letter, kept in `outcomes` in chunks of CHUNK offsets per partition
+-- (field "<topic>/<partition>#<offset div CHUNK>", one character per offset, '-' for none),
+-- so a replay tells each record's outcome exactly, forever.
+local CHUNK = 1024
+local chunks, touched = {}, {}
+local function chunk_of(r)
+  local name = a.ranges[r.p].field .. '#' .. math.floor(r.o / CHUNK)
+  local c = chunks[name]
+  if not c then
+    c = {}
+    local stored_chunk = redis.call('HGET', outcomes, name) or ''
+    for n = 1, CHUNK do c[n] = string.sub(stored_chunk, n, n) end
+    for n = 1, CHUNK do if c[n] == '' then c[n] = '-' end end
+    chunks[name] = c
+  end
+  return name, c, (r.o % CHUNK) + 1
+end
 for n, r in ipairs(a.records) do
   local item = items()
   local seen = redis.call('HGET', votes_seen, r.i)
   local letter
   if r.o <= stored[r.p] then
     -- Decided before (a replay): tell what was decided, change nothing.
-    if seen then
-      local _, _, p, o, l = string.find(seen, '^%d+ (%S+) (%S+) (%a)$')
-      if (a.ranges[r.p].field .. ' ' .. r.o) == (p .. ' ' .. o) then letter = l else letter = 'd' end
-    else
-      letter = 'l'
-    end
+    local _, c, at = chunk_of(r)
+    letter = c[at]
+    -- None stored: counted by a consumer from before outcomes, which counted every record.
+    if letter == '-' then letter = 'c' end
   else
     if r.t > max_t then max_t = r.t end
     local seen_at = seen and tonumber(string.match(seen, '^(%d+)'))
@@ -71,6 +86,9 @@ for n, r in ipairs(a.records) do
     if letter == 'c' or letter == 'x' then
       redis.call('HSET', votes_seen, r.i, r.t .. ' ' .. a.ranges[r.p].field .. ' ' .. r.o .. ' ' .. letter)
     end
+    local name, c, at = chunk_of(r)
+    c[at] = letter
+    touched[name] = true
     outcome[letter] = outcome[letter] + 1
     add(route, r.r, 1)
     decided = decided + 1
@@ -81,6 +99,7 @@ end
 for n, r in ipairs(a.ranges) do
   if r.last > stored[n] then redis.call('HSET', offsets, r.field, r.last) end
 end
+for name in pairs(touched) do redis.call('HSET', outcomes, name, table.concat(chunks[name])) end
 local now_total = redis.call('INCRBY', total, new_total)
 if decided > 0 then
   for k, v in pairs(band) do redis.call('HINCRBY', by_band, k, v) end

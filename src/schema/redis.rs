@@ -39,6 +39,7 @@ pub struct RedisKeys {
     pub ratings: String,
     pub votes_seen: String,
     pub seen_sweep: String,
+    pub outcomes: String,
     pub contest_status: String,
     pub contest_end: String,
 }
@@ -63,13 +64,14 @@ impl RedisKeys {
             ratings: key("voters:ratings"),
             votes_seen: key("votes:seen"),
             seen_sweep: key("votes:seen:sweep"),
+            outcomes: key("votes:outcomes"),
             contest_status: key("contest:status"),
             contest_end: key("contest:end"),
         }
     }
 
-    /// The keys `apply.lua` reads as `KEYS[1..16]`, in order.
-    pub fn script_keys(&self) -> [&str; 16] {
+    /// The keys `apply.lua` reads as `KEYS[1..17]`, in order.
+    pub fn script_keys(&self) -> [&str; 17] {
         [
             &self.total,
             &self.by_band,
@@ -87,6 +89,7 @@ impl RedisKeys {
             &self.ratings,
             &self.votes_seen,
             &self.seen_sweep,
+            &self.outcomes,
         ]
     }
 
@@ -391,6 +394,7 @@ mod tests {
                 "t1:voters:ratings",
                 "t1:votes:seen",
                 "t1:votes:seen:sweep",
+                "t1:votes:outcomes",
                 "t1:contest:status",
                 "t1:contest:end",
             ]
@@ -454,7 +458,7 @@ mod tests {
         let keys = RedisKeys::new("");
         let names = "total, by_band, by_album, by_route, rank_sum_by_album, rank_avg_by_album, timeline, \
                      offsets, logs_tail, received, by_outcome, voters_total, voters_seen, ratings, votes_seen, \
-                     seen_sweep";
+                     seen_sweep, outcomes";
         let fields = [
             &keys.total,
             &keys.by_band,
@@ -472,6 +476,7 @@ mod tests {
             &keys.ratings,
             &keys.votes_seen,
             &keys.seen_sweep,
+            &keys.outcomes,
         ];
         assert_eq!(keys.script_keys().to_vec(), fields.map(String::as_str).to_vec());
         assert!(

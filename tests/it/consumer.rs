@@ -475,7 +475,10 @@ async fn the_live_tail_gets_each_vote_once_in_order_through_a_kill_and_a_mongo_o
         .iter()
         .map(|d| {
             let at = chrono::DateTime::from_timestamp_millis(d.received_at.timestamp_millis()).unwrap();
-            let key = (d.vote_id.clone().unwrap_or_default(), votestream::vote::format_instant(&at));
+            let key = (
+                d.vote_id.clone().unwrap_or_default(),
+                votestream::vote::format_instant(&at),
+            );
             (key, (d.partition, d.offset))
         })
         .collect();

@@ -228,11 +228,11 @@ impl Fixture {
 #[tokio::test]
 async fn the_script_decides_each_outcome_in_order_and_tells_the_same_again_on_a_replay() {
     use Outcome::*;
-    // Closes 5 s after T; a vote id is remembered 1 s.
+    // Closes 5 s after T; a vote id is remembered 3 s (and kept twice as long).
     let f = Fixture::with_window(Window {
         opens: Some(T),
         closes: Some(T + 5_000),
-        dedup: 1_000,
+        dedup: 3_000,
     });
     let first = rating(Some("u1"), Some("r1"), "Hijos del Maíz", 5.0, 0);
     let anonymous = rating(None, Some("r9"), "Hijos del Maíz", 9.0, 20);
@@ -241,13 +241,13 @@ async fn the_script_decides_each_outcome_in_order_and_tells_the_same_again_on_a_
         rating(Some("u1"), None, "Hijos del Maíz", 7.5, 10),
         anonymous.clone(),
         VoteRecord {
-            received_at: anonymous.received_at + chrono::Duration::milliseconds(1_000),
+            received_at: anonymous.received_at + chrono::Duration::milliseconds(3_000),
             ..anonymous.clone()
         },
         rating(Some("u2"), None, "Hijos del Maíz", 1.0, 5_000),
         rating(Some("u2"), None, "Hijos del Maíz", 1.0, -1),
         VoteRecord {
-            received_at: first.received_at + chrono::Duration::milliseconds(1_001),
+            received_at: first.received_at + chrono::Duration::milliseconds(3_001),
             ..first.clone()
         },
         rating(Some("u2"), None, "Alux Nahual", 3.25, 30),
@@ -277,7 +277,11 @@ async fn the_script_decides_each_outcome_in_order_and_tells_the_same_again_on_a_
     assert_eq!(before.5["http"], 8, "every decided record, by route");
     let avg: HashMap<String, String> = {
         let mut conn = f.pool.get().await.unwrap();
-        redis::cmd("HGETALL").arg(&f.keys.rank_avg_by_album).query_async(&mut conn).await.unwrap()
+        redis::cmd("HGETALL")
+            .arg(&f.keys.rank_avg_by_album)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
     };
     assert_eq!(avg[album], "7.00");
 
@@ -312,7 +316,18 @@ async fn the_script_decides_each_outcome_in_order_and_tells_the_same_again_on_a_
     let outcomes: Vec<&str> = items.iter().map(|i| i["outcome"].as_str().unwrap()).collect();
     assert_eq!(
         outcomes,
-        ["counted", "changed", "counted", "duplicate", "late", "late", "changed", "counted", "counted", "duplicate"]
+        [
+            "counted",
+            "changed",
+            "counted",
+            "duplicate",
+            "late",
+            "late",
+            "changed",
+            "counted",
+            "counted",
+            "duplicate"
+        ]
     );
     assert_eq!(items[0]["voter"], "u1");
     assert_eq!(items[2]["voter"], serde_json::Value::Null);

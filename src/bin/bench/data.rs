@@ -63,10 +63,7 @@ pub fn contest_vote(i: usize, voters: usize) -> VoteRecord {
     )
     .and_then(|v| v.with_ids(Some(&format!("voter-{voter:06}")), Some(&format!("r{round}"))))
     .expect("generated votes are valid")
-    .stamp(
-        if i.is_multiple_of(2) { Route::Grpc } else { Route::Http },
-        Utc::now(),
-    )
+    .stamp(if i.is_multiple_of(2) { Route::Grpc } else { Route::Http }, Utc::now())
 }
 
 pub fn votes(n: usize) -> Vec<VoteRecord> {

@@ -73,7 +73,10 @@ async fn outside_the_voting_window_both_routes_refuse_and_nothing_reaches_kafka(
     .await;
     assert_every_route_refused(&not_open, "voting_not_open").await;
     not_open.stop().await;
-    assert!(records(&kafka_brokers(), &topic.name).await.is_empty(), "nothing produced");
+    assert!(
+        records(&kafka_brokers(), &topic.name).await.is_empty(),
+        "nothing produced"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +86,11 @@ async fn require_voter_refuses_anonymous_votes_on_both_routes() {
     let (status, reply) = ingress.post_json(&typed_vote(1)).await;
     assert_eq!(status, 400, "{reply}");
     assert_eq!(
-        (reply["error"].as_str(), reply["field"].as_str(), reply["problem"].as_str()),
+        (
+            reply["error"].as_str(),
+            reply["field"].as_str(),
+            reply["problem"].as_str()
+        ),
         (Some("invalid_vote"), Some("voter"), Some("missing"))
     );
     let (status, reply) = ingress
@@ -97,11 +104,20 @@ async fn require_voter_refuses_anonymous_votes_on_both_routes() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(status.metadata().get("vote-field").unwrap(), "voter");
     assert_eq!(status.metadata().get("vote-problem").unwrap(), "missing");
-    grpc.cast_vote(grpc_with(Some("u4"), None)).await.expect("a vote with a voter");
+    grpc.cast_vote(grpc_with(Some("u4"), None))
+        .await
+        .expect("a vote with a voter");
     ingress.stop().await;
-    let keys: Vec<String> = records(&kafka_brokers(), &topic.name).await.into_iter().map(|r| r.key).collect();
+    let keys: Vec<String> = records(&kafka_brokers(), &topic.name)
+        .await
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
     assert_eq!(keys.len(), 2, "only the two votes with a voter: {keys:?}");
-    assert!(keys.contains(&"u3".to_owned()) && keys.contains(&"u4".to_owned()), "{keys:?}");
+    assert!(
+        keys.contains(&"u3".to_owned()) && keys.contains(&"u4".to_owned()),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +135,11 @@ async fn a_retried_request_gets_the_same_vote_id_on_either_route_and_the_voter_k
         .await
         .expect("accepted")
         .into_inner();
-    assert_eq!(first["id"].as_str(), Some(by_grpc.id.as_str()), "the same request over gRPC");
+    assert_eq!(
+        first["id"].as_str(),
+        Some(by_grpc.id.as_str()),
+        "the same request over gRPC"
+    );
 
     // The Idempotency-Key header names the request of a single vote.
     let keyed = |key: &str, body: &Value| {
@@ -140,9 +160,16 @@ async fn a_retried_request_gets_the_same_vote_id_on_either_route_and_the_voter_k
     let response = keyed("req-2", &vote).await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     let reply: Value = response.json().await.unwrap();
-    assert_eq!((reply["field"].as_str(), reply["problem"].as_str()), (Some("request_id"), Some("conflict")));
+    assert_eq!(
+        (reply["field"].as_str(), reply["problem"].as_str()),
+        (Some("request_id"), Some("conflict"))
+    );
     let response = keyed("req-3", &json!([typed_vote(1)])).await.unwrap();
-    assert_eq!(response.status().as_u16(), 400, "no header on an array: each item names its own");
+    assert_eq!(
+        response.status().as_u16(),
+        400,
+        "no header on an array: each item names its own"
+    );
     let (_, anonymous) = ingress.post_json(&with_ids(typed_vote(2), None, Some("req-1"))).await;
     assert_ne!(anonymous["id"], first["id"], "another voter's request");
     let (_, fresh) = ingress.post_json(&typed_vote(3)).await;
@@ -154,12 +181,25 @@ async fn a_retried_request_gets_the_same_vote_id_on_either_route_and_the_voter_k
     let by_voter: Vec<_> = records.iter().filter(|r| r.key == "fan-7").collect();
     assert_eq!(by_voter.len(), 4, "keyed by the (trimmed) voter");
     for r in by_voter {
-        assert_eq!((r.value["id"].as_str(), r.value["voter"].as_str()), (Some(id), Some("fan-7")));
+        assert_eq!(
+            (r.value["id"].as_str(), r.value["voter"].as_str()),
+            (Some(id), Some("fan-7"))
+        );
         assert_eq!(r.value["request_id"], "req-1");
     }
-    let plain = records.iter().find(|r| r.value["id"] == fresh["id"]).expect("the plain vote");
-    assert_eq!(plain.key, fresh["id"].as_str().unwrap(), "an anonymous vote is keyed by its id");
+    let plain = records
+        .iter()
+        .find(|r| r.value["id"] == fresh["id"])
+        .expect("the plain vote");
+    assert_eq!(
+        plain.key,
+        fresh["id"].as_str().unwrap(),
+        "an anonymous vote is keyed by its id"
+    );
     assert!(plain.value.get("voter").is_none() && plain.value.get("request_id").is_none());
-    let anon = records.iter().find(|r| r.value["id"] == anonymous["id"]).expect("the anonymous retry-able vote");
+    let anon = records
+        .iter()
+        .find(|r| r.value["id"] == anonymous["id"])
+        .expect("the anonymous retry-able vote");
     assert_eq!(anon.key, anonymous["id"].as_str().unwrap());
 }

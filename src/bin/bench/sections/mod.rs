@@ -254,7 +254,16 @@ async fn mongo_outage(args: &Args, stack: &Stack, report: &mut Report, topic: &s
         let outage = drain::Outage {
             down_for: Duration::from_secs(args.mongo_outage_secs),
         };
-        let drained = drain::drain(stack, topic, drain::Drain { outage: Some(outage), ..Default::default() }, &format!("outage-{rep}")).await?;
+        let drained = drain::drain(
+            stack,
+            topic,
+            drain::Drain {
+                outage: Some(outage),
+                ..Default::default()
+            },
+            &format!("outage-{rep}"),
+        )
+        .await?;
         eprintln!("  peak RSS {:.1} MiB", drained.peak_rss_mib);
         peaks.push(drained.peak_rss_mib);
         rates.push(drained.votes_per_s);

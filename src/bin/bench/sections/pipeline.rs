@@ -31,7 +31,16 @@ pub(super) async fn pipeline_with_page(
             "pipeline: votestream all with a logs page open, run {}/{reps}",
             rep + 1
         ));
-        let drained = drain::drain(stack, topic, drain::Drain { page: true, ..Default::default() }, &format!("all-{rep}")).await?;
+        let drained = drain::drain(
+            stack,
+            topic,
+            drain::Drain {
+                page: true,
+                ..Default::default()
+            },
+            &format!("all-{rep}"),
+        )
+        .await?;
         all.push(shown(drained.votes_per_s, "votes/s"));
         rss.push(drained.peak_rss_mib);
         let page = drained.page.context("the page's figures")?;

@@ -29,7 +29,9 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
     let full = (args.voters_backlog, args.voters);
     let tenth = (args.voters_backlog / 10, (args.voters / 10).max(1));
     for (backlog, voters) in [tenth, full] {
-        step(&format!("producing a contest backlog of {backlog} records from {voters} voters"));
+        step(&format!(
+            "producing a contest backlog of {backlog} records from {voters} voters"
+        ));
         let topic = stack.topic("contest", 6).await?;
         let producer = raw::producer(stack, &topic)?;
         let mut conn = stack.redis().await?;
@@ -43,19 +45,24 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
         }
         let reps = if (backlog, voters) == full { args.reps() } else { 1 };
         let mut memory = None;
-        let rates = repeated(reps, &format!("contest drain, {voters} voters"), "records/s", async || {
-            let how = drain::Drain {
-                keep_counters: memory.is_none(),
-                ..drain::Drain::default()
-            };
-            let drained = drain::drain(stack, &topic, how, &format!("contest-{voters}")).await?;
-            if memory.is_none() {
-                let keys = RedisKeys::new(&drained.prefix);
-                memory = Some(measure(&mut conn, &keys, before).await?);
-                stack.delete_prefix(&drained.prefix).await;
-            }
-            Ok(drained.votes_per_s)
-        })
+        let rates = repeated(
+            reps,
+            &format!("contest drain, {voters} voters"),
+            "records/s",
+            async || {
+                let how = drain::Drain {
+                    keep_counters: memory.is_none(),
+                    ..drain::Drain::default()
+                };
+                let drained = drain::drain(stack, &topic, how, &format!("contest-{voters}")).await?;
+                if memory.is_none() {
+                    let keys = RedisKeys::new(&drained.prefix);
+                    memory = Some(measure(&mut conn, &keys, before).await?);
+                    stack.delete_prefix(&drained.prefix).await;
+                }
+                Ok(drained.votes_per_s)
+            },
+        )
         .await?;
         stack.delete_topic(&topic).await;
         let m = memory.expect("the first run measures");
@@ -123,7 +130,11 @@ async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Re
         .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))
 }
 
-async fn measure(conn: &mut redis::aio::MultiplexedConnection, keys: &RedisKeys, before: i64) -> anyhow::Result<Memory> {
+async fn measure(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &RedisKeys,
+    before: i64,
+) -> anyhow::Result<Memory> {
     let usage = async |conn: &mut redis::aio::MultiplexedConnection, key: &str| -> anyhow::Result<i64> {
         let bytes: Option<i64> = redis::cmd("MEMORY")
             .arg("USAGE")
