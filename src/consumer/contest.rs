@@ -87,8 +87,12 @@ impl ContestWatch {
         ];
         fields.extend(self.window.opens_at.map(|t| ("opens_at", format_instant(&t))));
         fields.extend(self.window.closes_at.map(|t| ("closes_at", format_instant(&t))));
-        let _: () = conn
+        // Replaced whole, so a field of an earlier configuration (a window since removed) goes.
+        let _: () = redis::pipe()
+            .atomic()
+            .del(&self.keys.contest_status)
             .hset_multiple(&self.keys.contest_status, &fields)
+            .query_async(&mut *conn)
             .await
             .map_err(|e| format!("redis: {e}"))?;
         Ok(())

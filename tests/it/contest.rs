@@ -96,8 +96,7 @@ async fn a_contest_matches_the_reference_model_through_kills_a_redis_wipe_and_a_
     eprintln!("pair: second consumer SIGKILLed at {seen} decided");
 
     // Three SIGKILLs of the consumer, with a wipe of Redis between the first two.
-    let mut round = 2;
-    for kill in 1..=3 {
+    for (round, kill) in (2..).zip(1..=3) {
         let seen = decided_past(&world, world.redis_received().await + 4_000).await;
         a.kill9();
         eprintln!("SIGKILL {kill} at {seen} decided");
@@ -107,7 +106,6 @@ async fn a_contest_matches_the_reference_model_through_kills_a_redis_wipe_and_a_
             eprintln!("redis wiped");
         }
         a = world.spawn_consumer(round, &small);
-        round += 1;
     }
     wait_for_received(&world, n as i64, Duration::from_secs(600)).await;
     assert_exact(&world, &expected, &records).await;
