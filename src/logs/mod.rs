@@ -13,6 +13,7 @@ mod metrics;
 mod page;
 mod query;
 mod standings;
+mod status;
 mod store;
 mod stream;
 
@@ -77,7 +78,8 @@ impl LogsApp {
         .await
         .context("MongoDB settings (--mongodb-uri)")?;
         let keys = RedisKeys::new(&settings.redis.redis_key_prefix);
-        let standings = StandingsReader::new(&settings.redis.redis_url, keys.clone(), timeout)
+        let window = settings.contest.window()?;
+        let standings = StandingsReader::new(&settings.redis.redis_url, keys.clone(), timeout, window)
             .context("Redis settings (--redis-url)")?;
         // Its own connections: a blocking read must not hold up /results.
         let tail = TailSource::new(

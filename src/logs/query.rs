@@ -15,7 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Serialize, Serializer};
 
 use super::error::LogsError;
-use crate::log_entry::{ItemKey, LogEntry};
+use crate::log_entry::ItemKey;
+use crate::schema::mongo::LogDocument;
 use crate::vote::{Problem, Route, text};
 
 pub const DEFAULT_LIMIT: usize = 20;
@@ -55,10 +56,12 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn of(entry: &LogEntry) -> Cursor {
+    /// The position of a log: its `_id` (the record's position in Kafka),
+    /// not the vote id it shows, which a duplicate shares.
+    pub fn of(log: &LogDocument) -> Cursor {
         Cursor {
-            received_at_ms: entry.received_at.timestamp_millis(),
-            id: entry.id.clone(),
+            received_at_ms: log.received_at.timestamp_millis(),
+            id: log.id.clone(),
         }
     }
 

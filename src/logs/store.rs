@@ -1,13 +1,15 @@
 //! The `logs` collection in MongoDB, read side: one page of logs newest first.
 //!
-//! The order is (received_at desc, _id desc): the vote id breaks ties between
-//! votes received in the same millisecond, so a cursor names one exact
-//! position. Every call is bounded by the backend timeout (server selection
-//! included), so an unreachable database is a quick 503, not a hung request;
-//! the same bound goes to the server as `maxTimeMS`, so a query the app gives
-//! up on stops in the database too. At most `max_queries` pages are asked of
-//! MongoDB at once: whatever the load on the page, the database holds a
-//! bounded number of queries and the consumer's writes go on.
+//! The order is (received_at desc, _id desc): the `_id` (the record's
+//! position in Kafka, unique where the vote id is not: a duplicate shares it)
+//! breaks ties between logs received in the same millisecond, so a cursor
+//! names one exact position. Every call is bounded by the backend timeout
+//! (server selection included), so an unreachable database is a quick 503,
+//! not a hung request; the same bound goes to the server as `maxTimeMS`, so
+//! a query the app gives up on stops in the database too. At most
+//! `max_queries` pages are asked of MongoDB at once: whatever the load on the
+//! page, the database holds a bounded number of queries and the consumer's
+//! writes go on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,17 +89,21 @@ impl LogStore {
         }
         // One more than asked tells whether another page exists, so the last
         // page carries no cursor to an empty page.
-        let mut items = self.newest(filter, query.limit + 1).await?;
-        let next = if items.len() > query.limit {
-            items.truncate(query.limit);
-            items.last().map(Cursor::of)
+        let mut documents = self.newest(filter, query.limit + 1).await?;
+        let next = if documents.len() > query.limit {
+            documents.truncate(query.limit);
+            documents.last().map(Cursor::of)
         } else {
             None
         };
+        let items = documents
+            .into_iter()
+            .map(|d| d.entry().map_err(LogsError::bad_document))
+            .collect::<Result<_, _>>()?;
         Ok(Page { items, next })
     }
 
-    async fn newest(&self, filter: Document, limit: usize) -> Result<Vec<LogEntry>, LogsError> {
+    async fn newest(&self, filter: Document, limit: usize) -> Result<Vec<LogDocument>, LogsError> {
         let deadline = Instant::now() + self.timeout;
         let Ok(_slot) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
             return Err(self.busy());
@@ -112,23 +118,18 @@ impl LogStore {
         if left < MIN_QUERY_TIME {
             return Err(self.busy());
         }
-        let documents: Vec<LogDocument> = self
-            .bounded_by(left, async {
-                self.logs
-                    .find(filter)
-                    .sort(page_order())
-                    .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-                    // The server gives the query up when this app does.
-                    .max_time(left)
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?;
-        documents
-            .into_iter()
-            .map(|d| d.entry().map_err(LogsError::bad_document))
-            .collect()
+        self.bounded_by(left, async {
+            self.logs
+                .find(filter)
+                .sort(page_order())
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                // The server gives the query up when this app does.
+                .max_time(left)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
     }
 
     /// Every query slot stayed taken for (nearly) the whole timeout.

@@ -112,15 +112,20 @@ impl TestApp {
     /// stream the live page reads.
     pub async fn count(&self, logs: &[LogDocument]) {
         self.insert(logs).await;
-        let items: Vec<_> = logs
+        let items: Vec<String> = logs
             .iter()
-            .map(|log| log.clone().entry().expect("a valid log"))
+            .map(|log| serde_json::to_string(&log.clone().entry().expect("a valid log")).expect("an item"))
             .collect();
+        self.tail(&items).await;
+    }
+
+    /// Appends one entry of encoded log items to the `logs:tail` stream.
+    pub async fn tail(&self, items: &[String]) {
         let _: String = redis::cmd("XADD")
             .arg(RedisKeys::new(&self.prefix).logs_tail)
             .arg("*")
             .arg(schema::redis::LOGS_TAIL_FIELD)
-            .arg(serde_json::to_string(&items).expect("the tail entry"))
+            .arg(format!("[{}]", items.join(",")))
             .query_async(&mut self.redis().await)
             .await
             .expect("XADD to the live tail");
@@ -178,10 +183,12 @@ impl TestApp {
     }
 }
 
-/// A log document as the consumer writes it.
+/// A log document as the consumer writes it, for the vote `id`: its `_id`
+/// (the record's position) differs from the vote id, as in production, and
+/// orders the same way.
 pub fn log(id: &str, received_at_ms: i64, band: &str, album: &str, route: &str) -> LogDocument {
     LogDocument {
-        id: id.to_owned(),
+        id: format!("votes/0/{id}"),
         vote_id: Some(id.to_owned()),
         voter: None,
         outcome: Outcome::Counted,
@@ -257,6 +264,8 @@ async fn logs_come_back_newest_first_with_utc_date_time_and_instant() {
             "year": 1990,
             "rank": 7.5,
             "route": "grpc",
+            "voter": null,
+            "outcome": "counted",
         })
     );
     assert!(page["next"].is_string(), "more logs remain: {page}");
@@ -346,6 +355,53 @@ async fn paging_with_the_cursor_through_1000_logs_while_new_ones_arrive_returns_
     assert_eq!(seen.len(), 1_000, "every old log once, nothing new");
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 1_000, "no log twice");
     assert_eq!(seen, expected, "(received_at, id) descending across pages");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_shares_its_vote_id_yet_is_its_own_log_and_paging_keeps_both() {
+    let app = TestApp::spawn(&[]).await;
+    // Three records in the same millisecond: the vote, its retry (a
+    // duplicate, same vote id) and another voter's vote; the positions
+    // order them.
+    let position = |offset: i64, vote: &str, voter: &str, outcome: Outcome| LogDocument {
+        id: LogDocument::position("votes", 2, offset),
+        voter: Some(voter.to_owned()),
+        outcome,
+        offset,
+        partition: 2,
+        ..log(vote, T0, "La Tona", "Tona", "http")
+    };
+    app.insert(&[
+        position(7, "vote-a", "u1", Outcome::Counted),
+        position(8, "vote-a", "u1", Outcome::Duplicate),
+        position(9, "vote-b", "u \"2\"", Outcome::Changed),
+    ])
+    .await;
+
+    let mut seen = Vec::new();
+    let mut path = "/logs?limit=1".to_owned();
+    for _ in 0..5 {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let item = &page["items"][0];
+        seen.push((
+            item["id"].as_str().unwrap().to_owned(),
+            item["voter"].as_str().unwrap().to_owned(),
+            item["outcome"].as_str().unwrap().to_owned(),
+        ));
+        match page["next"].as_str() {
+            Some(cursor) => path = format!("/logs?limit=1&before={cursor}"),
+            None => break,
+        }
+    }
+    let expected = [
+        ("vote-b", "u \"2\"", "changed"),
+        ("vote-a", "u1", "duplicate"),
+        ("vote-a", "u1", "counted"),
+    ]
+    .map(|(id, voter, outcome)| (id.to_owned(), voter.to_owned(), outcome.to_owned()));
+    assert_eq!(seen, expected, "newest position first, each log once");
     app.finish().await;
 }
 

@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use votestream::schema::mongo::LogDocument;
+use votestream::schema::redis::Outcome;
 
 use super::{TestApp, date_time, eventually, free_port, log};
 use crate::common::unique;
@@ -111,10 +112,27 @@ async fn text_of(browser: &Client, selector: &str) -> String {
     value.as_str().unwrap_or_default().to_owned()
 }
 
-/// `YYYY-MM-DD HH:MM:SS  {record}` as the page prints a log from `log()`.
+/// The rows of a standings table, cell by cell.
+async fn rows(browser: &Client, selector: &str) -> Vec<Vec<String>> {
+    let value = browser
+        .execute(
+            "return [...document.querySelectorAll(arguments[0] + ' tr')].map(tr => [...tr.cells].map(td => td.textContent));",
+            vec![json!(selector)],
+        )
+        .await
+        .expect("table rows");
+    serde_json::from_value(value).expect("rows of text")
+}
+
+/// `YYYY-MM-DD HH:MM:SS  <outcome>  <voter>  {record}` as the page prints a
+/// log from `log()` (anonymous, counted).
 fn line(received_at_ms: i64, band: &str, album: &str, route: &str) -> String {
+    voter_line(received_at_ms, "counted", "-", band, album, route)
+}
+
+fn voter_line(received_at_ms: i64, outcome: &str, voter: &str, band: &str, album: &str, route: &str) -> String {
     let record = json!({"band": band, "album": album, "year": 1990, "rank": 7.5, "route": route});
-    format!("{}  {record}", date_time(received_at_ms))
+    format!("{}  {outcome:<9}  {voter:<12}  {record}", date_time(received_at_ms))
 }
 
 const BANDS: [(&str, &str); 5] = [
@@ -126,6 +144,7 @@ const BANDS: [(&str, &str); 5] = [
 ];
 const SCRIPT_BAND: &str = "<script>alert(1)</script>";
 const BOLD_ALBUM: &str = "<b>not bold</b>";
+const VOTER: &str = "<i>fan</i> 7";
 
 #[tokio::test]
 async fn the_page_shows_the_last_20_logs_then_a_new_vote_live_with_a_script_band_name_as_text() {
@@ -164,6 +183,12 @@ async fn the_page_shows_the_last_20_logs_then_a_new_vote_live_with_a_script_band
             "7.50",
         )
         .hset_multiple(RedisKeys::new(&p).by_route, &[("grpc", 13), ("http", 13)])
+        .hset_multiple(
+            RedisKeys::new(&p).contest_status,
+            &[("status", "final"), ("closes_at", "2026-12-25T04:00:00.000Z")],
+        )
+        .hset(RedisKeys::new(&p).contest_end, "votes/0", 26)
+        .hset(RedisKeys::new(&p).offsets, "votes/0", 25)
         .query_async(&mut conn)
         .await
         .expect("standings written");
@@ -191,30 +216,63 @@ async fn the_page_shows_the_last_20_logs_then_a_new_vote_live_with_a_script_band
             (text_of(browser, "#total").await == "26").then_some(())
         })
         .await;
-        assert!(text_of(browser, "#bands").await.contains(SCRIPT_BAND));
+        // Bars of block characters, to an eighth: 1 vote of 5 is 2.4 cells of 12.
+        let bands = rows(browser, "#bands").await;
+        assert_eq!(bands[0], ["1.", "Alux Nahual", "████████████", "5"]);
+        assert_eq!(bands[5], ["6.", SCRIPT_BAND, "██▍", "1"]);
+        assert_eq!(
+            rows(browser, "#albums").await,
+            [["Alux Nahual / Alux Nahual", "████████████", "7.50", "5"]]
+        );
+        assert_eq!(
+            text_of(browser, "#contest").await,
+            "final · closed 2026-12-25 04:00:00 UTC"
+        );
+        let (_, results) = app.get("/results").await;
+        let digest = results["final"]["digest"].as_str().expect("a final digest").to_owned();
+        assert_eq!(text_of(browser, "#digest-value").await, digest);
 
         browser
             .execute("window.sameDocument = true;", vec![])
             .await
             .expect("mark the document");
         let now = Utc::now().timestamp_millis();
-        app.count(&[log("live-1", now, SCRIPT_BAND, BOLD_ALBUM, "http")]).await;
+        let live = LogDocument {
+            voter: Some(VOTER.into()),
+            outcome: Outcome::Changed,
+            ..log("live-1", now, SCRIPT_BAND, BOLD_ALBUM, "http")
+        };
+        app.count(&[live]).await;
         let (lines, _) = eventually("the new vote to appear", || async move {
             let (lines, status) = screen(browser).await;
             (lines.len() == 21 && status == "live").then_some((lines, status))
         })
         .await;
+        // The voter as sent, quoted since it is not a plain word; the outcome styled.
+        let quoted = serde_json::to_string(VOTER).unwrap();
         assert_eq!(
             lines[20],
-            ("live-1".to_owned(), line(now, SCRIPT_BAND, BOLD_ALBUM, "http"))
+            (
+                "live-1".to_owned(),
+                voter_line(now, "changed", &quoted, SCRIPT_BAND, BOLD_ALBUM, "http")
+            )
         );
+        let styled = browser
+            .execute(
+                "const line = document.querySelector('#log .vote:last-child'); \
+                 return [line.querySelector('.outcome').className, line.querySelector('.voter').textContent];",
+                vec![],
+            )
+            .await
+            .expect("the live line's spans");
+        assert_eq!(styled, json!(["outcome changed", quoted]));
         assert_eq!(lines[..20], newest_20[..]);
 
         let same = browser.execute("return window.sameDocument === true;", vec![]).await;
         assert_eq!(same.expect("read the mark"), json!(true), "the page was not reloaded");
         let markup = browser
             .execute(
-                "return document.querySelectorAll('#log script, #log b, #standings script').length;",
+                "return document.querySelectorAll('#log script, #log b, #log i, #standings script').length;",
                 vec![],
             )
             .await

@@ -8,6 +8,9 @@ use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use votestream::log_entry::VoteItem;
+use votestream::vote::{Route, Rules, Vote, VoteRecord};
+
 use super::{PATIENCE, TestApp, eventually, log};
 
 /// Reads server-sent events from a streaming response.
@@ -89,6 +92,26 @@ async fn the_stream_pushes_newly_counted_logs_once_in_order_and_honours_the_band
     assert!(first["date"].is_string() && first["time"].is_string());
     let late: Value = serde_json::from_str(&events.expect("log").await).unwrap();
     assert_eq!(late["id"], "late");
+
+    // An item exactly as the consumer's script writes it: the outcome put in
+    // front of the vote's item. Passed on unchanged, voter and outcome included.
+    let vote = Vote::new("Malacates Trébol Shop", "Niño", 1995, 8.0, &Rules::default())
+        .unwrap()
+        .stamp(Route::Http, Utc::now());
+    let vote = VoteRecord {
+        voter: Some("<b>u7</b>".into()),
+        ..vote
+    };
+    let item = serde_json::to_string(&VoteItem(&vote)).unwrap();
+    let written = format!("{{\"outcome\":\"duplicate\",{}", &item[1..]);
+    app.tail(std::slice::from_ref(&written)).await;
+    let data = events.expect("log").await;
+    assert_eq!(data, written, "as written, byte for byte");
+    let pushed: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (&pushed["voter"], &pushed["outcome"]),
+        (&"<b>u7</b>".into(), &"duplicate".into())
+    );
     app.finish().await;
 }
 
