@@ -35,6 +35,19 @@ impl Contest {
             .get("status")
             .and_then(|name| STATUSES.into_iter().find(|s| s.as_str() == name));
         if let Some(status) = written {
+            // The consumers write it every second; an `open` (or `not_open`) whose window has
+            // since passed is stale (every consumer stopped, say): the window it names decides.
+            let instant = |name: &str| stored.get(name).and_then(|t| crate::contest::parse_instant(t).ok());
+            let theirs = VotingWindow {
+                opens_at: instant("opens_at"),
+                closes_at: instant("closes_at"),
+            };
+            let status = match (status, theirs.phase(now)) {
+                (Status::NotOpen | Status::Open, Phase::NotOpen) => Status::NotOpen,
+                (Status::NotOpen | Status::Open, Phase::Open) => Status::Open,
+                (Status::NotOpen | Status::Open, Phase::Closed) => Status::Closed,
+                (settled, _) => settled,
+            };
             return Contest {
                 status,
                 opens_at: stored.get("opens_at").cloned(),
@@ -68,6 +81,20 @@ mod tests {
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_stale_open_from_the_consumers_turns_closed_once_their_window_closes() {
+        let stored = map(&[
+            ("status", "open"),
+            ("opens_at", "2026-12-24T20:00:00.000Z"),
+            ("closes_at", "2026-12-24T22:00:00.000Z"),
+        ]);
+        let status = |now: &str| Contest::of(&stored, &VotingWindow::default(), at(now)).status;
+        assert_eq!(status("2026-12-24T21:00:00Z"), Status::Open);
+        assert_eq!(status("2026-12-24T22:00:01Z"), Status::Closed);
+        let final_ = map(&[("status", "final"), ("closes_at", "2026-12-24T22:00:00.000Z")]);
+        assert_eq!(Contest::of(&final_, &window(), at("2026-12-24T23:00:00Z")).status, Status::Final);
     }
 
     #[test]
