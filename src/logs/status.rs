@@ -94,7 +94,10 @@ mod tests {
         assert_eq!(status("2026-12-24T21:00:00Z"), Status::Open);
         assert_eq!(status("2026-12-24T22:00:01Z"), Status::Closed);
         let final_ = map(&[("status", "final"), ("closes_at", "2026-12-24T22:00:00.000Z")]);
-        assert_eq!(Contest::of(&final_, &window(), at("2026-12-24T23:00:00Z")).status, Status::Final);
+        assert_eq!(
+            Contest::of(&final_, &window(), at("2026-12-24T23:00:00Z")).status,
+            Status::Final
+        );
     }
 
     #[test]

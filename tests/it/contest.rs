@@ -137,3 +137,52 @@ async fn a_contest_matches_the_reference_model_through_kills_a_redis_wipe_and_a_
     assert!(scratch.is_empty(), "the recount leaves no scratch keys: {scratch:?}");
     world.clean().await;
 }
+
+#[tokio::test]
+async fn after_the_close_the_result_turns_final_once_everything_produced_is_counted_and_its_digest_is_the_recounts() {
+    let _turn = HEAVY.lock().await;
+    let world = World::new("final").await;
+    let n = 3_000;
+    let (records, expected) = votes(n);
+    produce(&world.topic.name, &records).await;
+    // The world's close is long past: the end offsets are taken at once.
+    let consumer = world.run_consumer(&["--final-grace-secs", "0"]);
+    wait_for_received(&world, n as i64, Duration::from_secs(300)).await;
+    assert_exact(&world, &expected, &records).await;
+    let keys = RedisKeys::new(&world.prefix);
+    let mut conn = world.redis().await;
+    let status: std::collections::HashMap<String, String> =
+        eventually("contest:status final", Duration::from_secs(30), || {
+            let mut conn = conn.clone();
+            let key = keys.contest_status.clone();
+            async move {
+                let status: std::collections::HashMap<String, String> =
+                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await.ok()?;
+                (status.get("status").map(String::as_str) == Some("final")).then_some(status)
+            }
+        })
+        .await;
+    assert_eq!(
+        status.get("closes_at"),
+        Some(&votestream::vote::format_instant(&world.closes_at))
+    );
+    let end: std::collections::BTreeMap<String, i64> = redis::cmd("HGETALL")
+        .arg(&keys.contest_end)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let high = world.high_watermarks();
+    assert_eq!(end.len(), high.len(), "an end offset per partition");
+    for (partition, offset) in &high {
+        let field = votestream::schema::redis::offsets_field(&world.topic.name, *partition);
+        assert_eq!(end.get(&field), Some(offset), "{field}: its high watermark");
+    }
+    consumer.stop().await.expect("a clean stop");
+
+    let live = votestream::recount::Counters::read(&mut conn, &keys).await.unwrap();
+    let digest = votestream::schema::redis::standings_digest(&live.standings());
+    let (code, report) = recount(&world);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains(&format!("recount digest: {digest}")), "{report}");
+    world.clean().await;
+}
