@@ -167,8 +167,8 @@ async fn the_status_the_consumer_wrote_wins_over_the_window_of_the_logs_app() {
             &keys.contest_status,
             &[
                 ("status", "open"),
-                ("opens_at", "2026-12-25T02:00:00.000Z"),
-                ("closes_at", "2026-12-25T04:00:00.000Z"),
+                ("opens_at", "2026-01-01T02:00:00.000Z"),
+                ("closes_at", "2099-12-25T04:00:00.000Z"),
                 ("updated_at", "2026-12-25T03:00:00.000Z"),
             ],
         )
@@ -180,8 +180,8 @@ async fn the_status_the_consumer_wrote_wins_over_the_window_of_the_logs_app() {
         (&results["status"], &results["opens_at"], &results["closes_at"]),
         (
             &"open".into(),
-            &"2026-12-25T02:00:00.000Z".into(),
-            &"2026-12-25T04:00:00.000Z".into()
+            &"2026-01-01T02:00:00.000Z".into(),
+            &"2099-12-25T04:00:00.000Z".into()
         )
     );
     app.finish().await;
