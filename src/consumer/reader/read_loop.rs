@@ -139,6 +139,7 @@ impl ReadLoop {
             self.apply_rebalances(&consumer, &mut st);
         }
         self.drain(&consumer, &mut st).await;
+        close_within(consumer, CLOSE_WAIT).await;
         st.fatal.map_or(Ok(()), Err)
     }
 
@@ -374,6 +375,29 @@ impl ReadLoop {
 
 /// Longest a stopping reader waits for a group join in progress to finish.
 const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Longest a stopping reader waits for librdkafka to close the consumer.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Closes (drops) the consumer on a thread of its own and waits at most
+/// `limit` for it. librdkafka's close can hang for good in the revoke
+/// callback of a cooperative consumer (seen with static membership, in
+/// `incremental_unassign`); by then the offsets are committed, so the reader
+/// goes on and the process exits, leaving the group to notice it gone.
+async fn close_within(consumer: VotesConsumer, limit: Duration) {
+    let (closed, done) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("kafka-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no thread to close the Kafka consumer on; not closing it");
+        return;
+    }
+    if tokio::time::timeout(limit, done).await.is_err() {
+        tracing::warn!(?limit, "the Kafka consumer did not close in time; going on without waiting (offsets are committed)");
+    }
+}
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
