@@ -25,10 +25,10 @@ async fn a_hundred_thousand_votes_are_counted_and_logged_exactly() {
     world.clean().await;
 }
 
-/// Waits until Redis has counted more than `floor` votes and returns the count.
-async fn progress_past(world: &World, floor: i64) -> i64 {
+/// Waits until Redis has decided more than `floor` records and returns how many.
+pub async fn progress_past(world: &World, floor: i64) -> i64 {
     eventually(
-        &format!("votes:total past {floor}"),
+        &format!("votes:received past {floor}"),
         Duration::from_secs(180),
         || async {
             let total = world.redis_received().await;

@@ -11,21 +11,8 @@ use deadpool_redis::redis;
 use votestream::schema::redis::RedisKeys;
 
 use crate::common::eventually;
-use crate::consumer::HEAVY;
+use crate::consumer::{HEAVY, progress_past};
 use crate::pipeline::{World, assert_exact, produce, votes, wait_for_received};
-
-/// Waits until Redis has decided more than `floor` records; returns how many.
-async fn decided_past(world: &World, floor: i64) -> i64 {
-    eventually(
-        &format!("votes:received past {floor}"),
-        Duration::from_secs(180),
-        || async {
-            let n = world.redis_received().await;
-            (n > floor).then_some(n)
-        },
-    )
-    .await
-}
 
 /// Deletes every key of the world's prefix at once (one script: atomic),
 /// as a Redis restarted without persistence would lose them.
@@ -91,13 +78,13 @@ async fn a_contest_matches_the_reference_model_through_kills_a_redis_wipe_and_a_
     // Two consumers in one group; one is killed midway.
     let mut a = world.spawn_consumer(0, &small);
     let mut b = world.spawn_consumer(1, &small);
-    let seen = decided_past(&world, 10_000).await;
+    let seen = progress_past(&world, 10_000).await;
     b.kill9();
     eprintln!("pair: second consumer SIGKILLed at {seen} decided");
 
     // Three SIGKILLs of the consumer, with a wipe of Redis between the first two.
     for (round, kill) in (2..).zip(1..=3) {
-        let seen = decided_past(&world, world.redis_received().await + 4_000).await;
+        let seen = progress_past(&world, world.redis_received().await + 4_000).await;
         a.kill9();
         eprintln!("SIGKILL {kill} at {seen} decided");
         assert!(seen < n as i64, "killed mid-backlog");

@@ -17,9 +17,11 @@ pub const ALBUMS_PER_BAND: usize = 3;
 
 /// The `i`-th vote: spread evenly over bands, albums and both routes.
 pub fn vote(i: usize) -> VoteRecord {
-    let band = i % BANDS;
-    let album = (i / BANDS) % ALBUMS_PER_BAND;
-    let route = if i.is_multiple_of(2) { Route::Grpc } else { Route::Http };
+    ballot(i, i % BANDS, (i / BANDS) % ALBUMS_PER_BAND).stamp(route(i), Utc::now())
+}
+
+/// The `i`-th vote's fields, for `band` and `album`: the year and rank spread over `i`.
+fn ballot(i: usize, band: usize, album: usize) -> Vote {
     Vote::new(
         &format!("Banda {band:02}"),
         &format!("Álbum {band:02}-{album}"),
@@ -28,7 +30,10 @@ pub fn vote(i: usize) -> VoteRecord {
         &Rules::default(),
     )
     .expect("generated votes are valid")
-    .stamp(route, Utc::now())
+}
+
+fn route(i: usize) -> Route {
+    if i.is_multiple_of(2) { Route::Grpc } else { Route::Http }
 }
 
 /// Albums a voter of the contest backlog may rate (20 bands x 3 albums).
@@ -52,18 +57,11 @@ pub fn contest_vote(i: usize, voters: usize) -> VoteRecord {
     let changes = |r: usize| r > 0 && matches!((voter + r) % 10, 3 | 6 | 9);
     // The album of `round`: the previous round's when it changes, else the next new one.
     let new_ratings = (0..=round).filter(|&r| !changes(r)).count();
-    let album_index = (voter + new_ratings.saturating_sub(1)) % ALBUMS;
-    let (band, album) = (album_index % BANDS, album_index / BANDS);
-    Vote::new(
-        &format!("Banda {band:02}"),
-        &format!("Álbum {band:02}-{album}"),
-        1980 + (i % 40) as i64,
-        (i % 21) as f64 / 2.0,
-        &Rules::default(),
-    )
-    .and_then(|v| v.with_ids(Some(&format!("voter-{voter:06}")), Some(&format!("r{round}"))))
-    .expect("generated votes are valid")
-    .stamp(if i.is_multiple_of(2) { Route::Grpc } else { Route::Http }, Utc::now())
+    let album = (voter + new_ratings.saturating_sub(1)) % ALBUMS;
+    ballot(i, album % BANDS, album / BANDS)
+        .with_ids(Some(&format!("voter-{voter:06}")), Some(&format!("r{round}")))
+        .expect("generated ids are valid")
+        .stamp(route(i), Utc::now())
 }
 
 pub fn votes(n: usize) -> Vec<VoteRecord> {

@@ -395,7 +395,10 @@ async fn close_within(consumer: VotesConsumer, limit: Duration) {
         return;
     }
     if tokio::time::timeout(limit, done).await.is_err() {
-        tracing::warn!(?limit, "the Kafka consumer did not close in time; going on without waiting (offsets are committed)");
+        tracing::warn!(
+            ?limit,
+            "the Kafka consumer did not close in time; going on without waiting (offsets are committed)"
+        );
     }
 }
 

@@ -225,21 +225,27 @@ async fn consumer_drain(args: &Args, stack: &Stack, report: &mut Report, topic: 
         "MiB",
         peaks,
     );
+    against_slowest_sink(report, "drain.votes_per_s", "drain", "drain");
+    Ok(())
+}
+
+/// The target "`figure` >= 0.8x the slower of the raw Redis and Mongo
+/// rates", under `<key>_vs_slowest_sink`, when the report has all three.
+fn against_slowest_sink(report: &mut Report, figure: &str, key: &str, label: &str) {
     let sinks = [("Redis", "raw.redis_apply"), ("Mongo", "raw.mongo_insert")];
     let slowest = sinks
         .iter()
         .filter_map(|(name, key)| report.median(key).map(|m| (*name, m)))
         .min_by(|a, b| a.1.total_cmp(&b.1));
-    if let (Some((name, slowest)), Some(drain)) = (slowest, report.median("drain.votes_per_s")) {
+    if let (Some((name, slowest)), Some(drain)) = (slowest, report.median(figure)) {
         report.target(Target {
-            key: "drain_vs_slowest_sink".into(),
-            label: format!("drain / slowest raw sink ({name})"),
+            key: format!("{key}_vs_slowest_sink"),
+            label: format!("{label} / slowest raw sink ({name})"),
             value: drain / slowest,
             bound: (">=", 0.8),
             unit: "x",
         });
     }
-    Ok(())
 }
 
 async fn mongo_outage(args: &Args, stack: &Stack, report: &mut Report, topic: &str) -> anyhow::Result<()> {

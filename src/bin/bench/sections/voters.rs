@@ -8,7 +8,7 @@ use deadpool_redis::redis;
 use votestream::schema::redis::RedisKeys;
 
 use super::{repeated, step};
-use crate::report::{Report, Target};
+use crate::report::Report;
 use crate::stack::Stack;
 use crate::{Args, data, drain, raw};
 
@@ -105,20 +105,7 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
             );
         }
     }
-    let sinks = [("Redis", "raw.redis_apply"), ("Mongo", "raw.mongo_insert")];
-    let slowest = sinks
-        .iter()
-        .filter_map(|(name, key)| report.median(key).map(|m| (*name, m)))
-        .min_by(|a, b| a.1.total_cmp(&b.1));
-    if let (Some((name, slowest)), Some(drain)) = (slowest, report.median("contest.drain_records_per_s")) {
-        report.target(Target {
-            key: "contest_drain_vs_slowest_sink".into(),
-            label: format!("contest drain / slowest raw sink ({name})"),
-            value: drain / slowest,
-            bound: (">=", 0.8),
-            unit: "x",
-        });
-    }
+    super::against_slowest_sink(report, "contest.drain_records_per_s", "contest_drain", "contest drain");
     Ok(())
 }
 
