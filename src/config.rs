@@ -4,6 +4,7 @@
 //! and flattened into each subcommand's settings.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -182,7 +183,8 @@ pub struct IngressArgs {
     /// Address of the gRPC server (votes.v1.VoteService, health, reflection); port 0 picks a free port.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
-    /// Address of the HTTP server (POST /votes, /healthz, /readyz, /metrics); port 0 picks a free port.
+    /// Address of the HTTP server (POST /votes; /healthz, /readyz, /metrics unless --admin-addr); port
+    /// 0 picks a free port.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
     /// Refuse votes that do not name their voter (400 invalid_vote, field voter, problem missing /
@@ -231,7 +233,8 @@ impl IngressArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {
-    /// Address of the consumer's HTTP server (/healthz, /readyz, /metrics).
+    /// Address of the consumer's HTTP server (/healthz, /readyz, /metrics): its admin port, as it
+    /// has no public listener.
     #[arg(long, env = "CONSUMER_HTTP_ADDR", default_value = "0.0.0.0:9100")]
     pub consumer_http_addr: SocketAddr,
     /// Kafka consumer group.
@@ -370,6 +373,10 @@ pub struct IngressSettings {
     pub contest: ContestArgs,
     #[command(flatten)]
     pub ingress: IngressArgs,
+    #[command(flatten)]
+    pub serving: IngressServingArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 impl IngressSettings {
@@ -408,6 +415,10 @@ pub struct LogsSettings {
     pub contest: ContestArgs,
     #[command(flatten)]
     pub logs: LogsArgs,
+    #[command(flatten)]
+    pub serving: ServingArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -453,6 +464,10 @@ pub struct AllSettings {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub logs: LogsArgs,
+    #[command(flatten)]
+    pub serving: IngressServingArgs,
+    #[command(flatten)]
+    pub admin: AllAdminArgs,
 }
 
 impl AllSettings {
@@ -462,6 +477,10 @@ impl AllSettings {
             rules: self.rules,
             contest: self.contest,
             ingress: self.ingress.clone(),
+            serving: self.serving.clone(),
+            admin: AdminArgs {
+                admin_addr: self.admin.ingress_admin_addr,
+            },
         }
     }
 
@@ -482,9 +501,121 @@ impl AllSettings {
             mongo: self.mongo.clone(),
             contest: self.contest,
             logs: self.logs.clone(),
+            serving: self.serving.common.clone(),
+            admin: AdminArgs {
+                admin_addr: self.admin.logs_admin_addr,
+            },
         }
     }
 }
+
+// --- TLS, the admin port and the cut-offs of slow or crowding clients (issue 15) ---
+
+/// TLS on a process's public listeners (the ingress's gRPC and HTTP, the logs
+/// app); never on the admin port.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM file with the server's certificate chain (leaf first); with --tls-key, the public
+    /// listeners speak TLS only. Unset: plain text.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Cut-offs of clients that are slow or too many, on each public listener.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Most open client connections per public listener (the ingress's HTTP and gRPC each, the
+    /// logs app's). Past it a new HTTP connection is answered 503 too_many_connections and
+    /// closed, a new gRPC connection is closed at once (the call fails with a transport error,
+    /// UNAVAILABLE or CANCELLED). The admin port is not counted.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long a new connection has to finish its TLS handshake, and an HTTP request to send
+    /// its headers, in milliseconds (at least 1000): past it HTTP answers 408 and closes; a gRPC
+    /// connection that has sent nothing by then is closed.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_timeout_ms: u64,
+}
+
+impl ConnectionArgs {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_connections >= 1, "--max-connections must be at least 1");
+        // actix-web measures the deadline from a clock it updates every 500 ms: a shorter one may
+        // pass before it is set, and then never fire for a client that sends nothing.
+        anyhow::ensure!(
+            self.header_timeout_ms >= 1_000,
+            "--header-timeout-ms must be at least 1000"
+        );
+        Ok(())
+    }
+}
+
+/// The public listeners of the logs app: TLS and cut-offs.
+#[derive(Debug, Clone, Args)]
+pub struct ServingArgs {
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// The ingress's listeners: what the logs app has, plus client certificates on
+/// gRPC and bounds on a request in progress.
+#[derive(Debug, Clone, Args)]
+pub struct IngressServingArgs {
+    #[command(flatten)]
+    pub common: ServingArgs,
+    /// PEM file with the CA certificates that sign clients' certificates: gRPC then requires a
+    /// client certificate signed by one of them (mTLS, e.g. between a front-end and the
+    /// ingress). HTTP does not ask for one. Needs --tls-cert.
+    #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How long an HTTP request's body may take to arrive once its headers have, in
+    /// milliseconds; past it 408 body_timeout and the connection is closed. A gRPC call is
+    /// cancelled (CANCELLED) when it takes longer than this plus --produce-timeout-ms in all.
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// Most calls in progress at once on one gRPC connection (HTTP/2 streams); a client opening
+    /// more has the extra ones refused (REFUSED_STREAM).
+    #[arg(long, env = "GRPC_MAX_STREAMS", default_value_t = 256)]
+    pub grpc_max_streams: u32,
+}
+
+impl IngressServingArgs {
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+}
+
+/// The private admin port of the ingress or the logs app.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct AdminArgs {
+    /// Address of the admin port: /healthz, /readyz and /metrics are served there, in plain
+    /// HTTP, and no longer on the public listener. Unset: they stay on the public HTTP listener.
+    #[arg(long, env = "ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// `votestream all`: each of the three keeps its own port (the consumer's is
+/// --consumer-http-addr).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct AllAdminArgs {
+    /// The ingress's admin port (--admin-addr of `votestream ingress`).
+    #[arg(long, env = "INGRESS_ADMIN_ADDR")]
+    pub ingress_admin_addr: Option<SocketAddr>,
+    /// The logs app's admin port (--admin-addr of `votestream logs`).
+    #[arg(long, env = "LOGS_ADMIN_ADDR")]
+    pub logs_admin_addr: Option<SocketAddr>,
+}
+
+// --- end of issue 15's TLS, admin port and cut-offs ---
 
 #[cfg(test)]
 mod tests {
@@ -537,5 +668,60 @@ mod tests {
         ] {
             assert!(help.contains(needle), "help lacks {needle}");
         }
+    }
+
+    // Issue 15: TLS, admin port, cut-offs.
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused() {
+        let err = Cli::try_parse_from(["votestream", "ingress", "--tls-cert", "server.pem"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-key"), "{err}");
+        let err = Cli::try_parse_from(["votestream", "logs", "--tls-key", "key.pem"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        let err = Cli::try_parse_from(["votestream", "ingress", "--tls-client-ca", "ca.pem"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+    }
+
+    #[test]
+    fn in_all_the_ingress_and_the_logs_app_keep_their_own_admin_ports() {
+        let cli = Cli::try_parse_from([
+            "votestream",
+            "all",
+            "--ingress-admin-addr",
+            "127.0.0.1:9090",
+            "--logs-admin-addr",
+            "127.0.0.1:9091",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::All(all) = cli.command else { panic!("all") };
+        assert_eq!(all.ingress().admin.admin_addr.unwrap().port(), 9090);
+        assert_eq!(all.logs().admin.admin_addr.unwrap().port(), 9091);
+        assert_eq!(all.consumer().consumer.consumer_http_addr.port(), 9100);
+        assert!(all.ingress().serving.tls_client_ca.is_some());
+        assert_eq!(
+            all.logs().serving.tls.tls_cert,
+            all.ingress().serving.common.tls.tls_cert
+        );
+    }
+
+    #[test]
+    fn without_the_new_flags_nothing_changes() {
+        let cli = Cli::try_parse_from(["votestream", "all"]).unwrap();
+        let Command::All(all) = cli.command else { panic!("all") };
+        let ingress = all.ingress();
+        assert!(ingress.admin.admin_addr.is_none() && all.logs().admin.admin_addr.is_none());
+        assert!(ingress.serving.common.tls.tls_cert.is_none() && ingress.serving.tls_client_ca.is_none());
+        assert_eq!(ingress.serving.common.connections.max_connections, 10_000);
+        assert_eq!(
+            ingress.serving.common.connections.header_timeout(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(ingress.serving.body_timeout(), Duration::from_secs(10));
     }
 }

@@ -13,9 +13,11 @@ pub mod logs;
 pub mod ops;
 pub mod recount;
 pub mod schema;
+pub mod serving;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;
+pub mod tls;
 pub mod vote;
 
 #[cfg(test)]

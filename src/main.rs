@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Logs(settings) => runtime()?.block_on(async {
             let app = LogsApp::build(&settings).await?;
-            tracing::info!(addr = %app.addr(), "logs app listening");
+            tracing::info!(addr = %app.addr(), scheme = app.scheme(), admin = ?app.admin_addr(), "logs app listening");
             app.run(shutdown::signal()).await
         }),
         Command::All(settings) => all(settings),

@@ -7,8 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::TcpListener;
 
-use actix_web::{HttpResponse, web};
+use actix_web::dev::Server;
+use actix_web::{App, HttpResponse, HttpServer, web};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +131,22 @@ pub fn routes<P: Probes>(probes: web::Data<P>) -> impl FnOnce(&mut web::ServiceC
             .route("/metrics", web::get().to(metrics::<P>));
     }
 }
+
+/// The admin server: only these three endpoints, in plain HTTP, on their own
+/// listener (the consumer's HTTP address, `--admin-addr` of the ingress and
+/// the logs app), so probes and scraping stay apart from the public traffic.
+/// One worker: probes and scrapes are few.
+pub fn admin_server<P: Probes + Send + Sync>(listener: TcpListener, probes: web::Data<P>) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || App::new().configure(routes(probes.clone())))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(ADMIN_SHUTDOWN_SECS)
+        .listen(listener)?;
+    Ok(server.run())
+}
+
+/// Probes and scrapes answer at once; nothing to wait for at shutdown.
+const ADMIN_SHUTDOWN_SECS: u64 = 1;
 
 async fn healthz<P: Probes>(probes: web::Data<P>) -> HttpResponse {
     match probes.failure() {

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use prometheus_client::registry::Registry;
 
 use super::metrics::ConsumerMetrics;
@@ -26,11 +26,7 @@ impl Probes for AppState {
     }
 }
 
+/// The consumer's admin server: it has no public listener, so this is its only one.
 pub fn server(listener: TcpListener, metrics: Arc<ConsumerMetrics>, registry: Registry) -> std::io::Result<Server> {
-    let state = web::Data::new(AppState { metrics, registry });
-    let server = HttpServer::new(move || App::new().configure(ops::routes(state.clone())))
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?;
-    Ok(server.run())
+    ops::admin_server(listener, web::Data::new(AppState { metrics, registry }))
 }

@@ -24,13 +24,13 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::codec;
 use super::intake::{CastError, Intake, Outcome};
 use crate::proto::vote_service_server::{VoteService, VoteServiceServer};
 use crate::proto::{self, CastVoteReply, CastVotesReply, CastVotesRequest, ItemResult, Rejection, item_result};
+use crate::serving::GrpcServing;
 use crate::vote::{FieldError, Route, Vote, VoteRecord, format_instant};
 
 impl From<CastError> for Status {
@@ -157,12 +157,14 @@ impl Service<http::Request<Body>> for CountMalformed {
     }
 }
 
-/// Serves the vote service, health and reflection on `listener` until
-/// `shutdown` resolves; in-flight calls then finish (tonic drains).
+/// Serves the vote service, health and reflection on `listener`, with TLS
+/// and the cut-offs of `serving`, until `shutdown` resolves; in-flight calls
+/// then finish (tonic drains).
 pub async fn serve(
     listener: TcpListener,
     intake: Arc<Intake>,
     max_message_bytes: usize,
+    serving: GrpcServing,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -183,10 +185,10 @@ pub async fn serve(
         // Tell health-checking clients first, while the drain completes.
         health.set_not_serving::<VoteServiceServer<VoteApi>>().await;
     };
-    // Without TCP_NODELAY a reply larger than one segment waits for the client's delayed ACK
-    // (Nagle): batch replies took ~40 ms more. tonic sets it only on listeners it binds itself.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    // Sets TCP_NODELAY, as tonic does only on listeners it binds itself.
+    let incoming = serving.incoming(listener);
+    serving
+        .builder()?
         .add_service(health_service)
         // v1 for current clients, v1alpha for older ones that only speak it.
         .add_service(reflection().build_v1()?)

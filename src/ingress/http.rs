@@ -13,7 +13,7 @@ use actix_web::dev::Server;
 use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, middleware, web};
 use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::intake::{CastError, Intake, Outcome};
 use crate::config::IngressArgs;
 use crate::ops::{self, Dependency, Probes, Readiness};
+use crate::serving::{self, PublicListener};
 use crate::vote::{FieldError, Problem, Route, Vote, format_instant, ident, kind_of};
 
 /// Why `POST /votes` was not (wholly) accepted, with its HTTP status.
@@ -34,6 +35,8 @@ pub enum HttpError {
     BodyTooLarge { limit: usize },
     #[error("the body could not be read: {0}")]
     UnreadableBody(#[from] PayloadError),
+    #[error("the body did not arrive within {limit_ms} ms")]
+    BodyTimeout { limit_ms: u128 },
     #[error("malformed JSON: {0}")]
     MalformedJson(serde_json::Error),
     #[error("the body must be a vote object or an array of vote objects, got {0}")]
@@ -49,6 +52,7 @@ impl HttpError {
             HttpError::UnsupportedContentType(_) => "unsupported_content_type",
             HttpError::BodyTooLarge { .. } => "body_too_large",
             HttpError::UnreadableBody(_) => "unreadable_body",
+            HttpError::BodyTimeout { .. } => "body_timeout",
             HttpError::MalformedJson(_) => "malformed_json",
             HttpError::NotObjectOrArray(_) => "not_object_or_array",
             HttpError::Cast(e) => e.code(),
@@ -80,6 +84,7 @@ impl ResponseError for HttpError {
         match self {
             HttpError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             HttpError::Cast(CastError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Cast(CastError::NotOpen(_) | CastError::Closed(_)) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
@@ -95,6 +100,10 @@ impl ResponseError for HttpError {
         if let HttpError::Cast(CastError::Unavailable(_)) = self {
             // Kafka outages are usually short; well-behaved clients back off at least this long.
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if let HttpError::BodyTimeout { .. } = self {
+            // What is left of a slow body is not worth reading: the connection goes.
+            response.force_close();
         }
         response.json(ErrorBody {
             error: self.code(),
@@ -174,32 +183,46 @@ impl BatchReply {
     }
 }
 
-struct HttpState {
+pub struct HttpState {
     intake: Arc<Intake>,
     max_body_bytes: usize,
+    body_timeout: Duration,
     readiness_timeout: Duration,
 }
 
-/// Builds the HTTP server on an already-bound listener. It stops accepting
-/// when `shutdown` resolves and gives in-flight requests the configured
-/// shutdown timeout to finish.
-pub fn server(
-    listener: std::net::TcpListener,
-    intake: Arc<Intake>,
-    args: &IngressArgs,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<Server> {
-    let state = web::Data::new(HttpState {
+/// What the handlers and the operational endpoints share (the admin server too).
+pub fn state(intake: Arc<Intake>, args: &IngressArgs, body_timeout: Duration) -> web::Data<HttpState> {
+    web::Data::new(HttpState {
         intake,
         max_body_bytes: args.max_body_bytes,
+        body_timeout,
         readiness_timeout: args.readiness_timeout(),
-    });
+    })
+}
+
+/// Builds the HTTP server on an already-bound listener, with TLS and the
+/// cut-offs of `public`; `/healthz`, `/readyz` and `/metrics` are served here
+/// unless `ops_elsewhere` (the admin port has them). It stops accepting when
+/// `shutdown` resolves and gives in-flight requests the configured shutdown
+/// timeout to finish.
+pub fn server(
+    listener: std::net::TcpListener,
+    state: web::Data<HttpState>,
+    args: &IngressArgs,
+    public: &PublicListener,
+    ops_elsewhere: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Server> {
     let votes_enabled = !args.no_http_votes;
     let mut server = HttpServer::new(move || {
         App::new()
+            .wrap(middleware::from_fn(serving::refuse_over_cap))
             // Registers the state for every handler, not only the operational ones.
-            .configure(ops::routes(state.clone()))
+            .app_data(state.clone())
             .configure(|cfg| {
+                if !ops_elsewhere {
+                    ops::routes(state.clone())(cfg);
+                }
                 if votes_enabled {
                     // A resource, so other methods on /votes get 405 rather than 404.
                     cfg.service(web::resource("/votes").route(web::post().to(post_votes)));
@@ -207,11 +230,20 @@ pub fn server(
             })
     })
     .shutdown_signal(shutdown)
-    .shutdown_timeout(args.shutdown_timeout_secs);
+    .shutdown_timeout(args.shutdown_timeout_secs)
+    .client_request_timeout(public.header_timeout)
+    .tls_handshake_timeout(public.header_timeout)
+    // Per worker: a hard bound under the process-wide cap that refuse_over_cap answers.
+    .max_connections(public.cap.max())
+    .on_connect(public.cap.on_connect());
     if let Some(workers) = args.http_workers {
         server = server.workers(workers);
     }
-    Ok(server.listen(listener)?.run())
+    let server = match &public.tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls.http())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 async fn post_votes(
@@ -228,7 +260,11 @@ async fn post_votes(
 
 async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -> Result<HttpResponse, HttpError> {
     check_content_type(request)?;
-    let body = read_body(request, payload, state.max_body_bytes).await?;
+    let body = tokio::time::timeout(state.body_timeout, read_body(request, payload, state.max_body_bytes))
+        .await
+        .map_err(|_| HttpError::BodyTimeout {
+            limit_ms: state.body_timeout.as_millis(),
+        })??;
     let value: Value = serde_json::from_slice(&body).map_err(HttpError::MalformedJson)?;
     let rules = state.intake.rules();
     let key = request.headers().get(IDEMPOTENCY_KEY);

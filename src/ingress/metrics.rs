@@ -149,6 +149,11 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+
+    /// For metrics registered by other modules (the listeners' connections: [`crate::serving`]).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
 }
 
 #[must_use = "the votes stay counted in flight only while the guard lives"]

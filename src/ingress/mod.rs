@@ -25,8 +25,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::config::{IngressArgs, IngressSettings};
+use crate::config::{IngressArgs, IngressServingArgs, IngressSettings};
+use crate::ops;
+use crate::serving::{ConnectionMetrics, GrpcServing, PublicListener};
 use crate::shutdown::{stop_all_after, stopped};
+use crate::tls::ServerTls;
 use intake::Intake;
 use metrics::Metrics;
 
@@ -36,6 +39,11 @@ pub struct Ingress {
     http: TcpListener,
     http_addr: SocketAddr,
     grpc: Option<(TcpListener, SocketAddr)>,
+    /// TLS, cut-offs and the admin port (issue 15).
+    serving: IngressServingArgs,
+    tls: Option<ServerTls>,
+    connections: ConnectionMetrics,
+    admin: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Ingress {
@@ -48,7 +56,13 @@ impl Ingress {
         );
         let producer = VoteProducer::new(&settings.kafka, &args.producer).context("creating the Kafka producer")?;
         let window = settings.contest.window()?;
-        let intake = Intake::new(producer, Metrics::new(), settings.rules(), window, args.max_batch);
+        let serving = &settings.serving;
+        serving.common.connections.check()?;
+        anyhow::ensure!(serving.grpc_max_streams >= 1, "--grpc-max-streams must be at least 1");
+        let tls = ServerTls::from_args(&serving.common.tls, serving.tls_client_ca.as_deref())?;
+        let mut metrics = Metrics::new();
+        let connections = ConnectionMetrics::register(metrics.registry_mut());
+        let intake = Intake::new(producer, metrics, settings.rules(), window, args.max_batch);
         let http = TcpListener::bind(args.http_addr).context("binding the HTTP listener")?;
         let http_addr = http.local_addr()?;
         let grpc = if args.no_grpc {
@@ -58,13 +72,36 @@ impl Ingress {
             let addr = listener.local_addr()?;
             Some((listener, addr))
         };
+        let admin = match settings.admin.admin_addr {
+            None => None,
+            Some(wanted) => {
+                let listener = TcpListener::bind(wanted).context("binding the admin listener (--admin-addr)")?;
+                let addr = listener.local_addr()?;
+                Some((listener, addr))
+            }
+        };
         Ok(Ingress {
             args: args.clone(),
             intake: Arc::new(intake),
             http,
             http_addr,
             grpc,
+            serving: serving.clone(),
+            tls,
+            connections,
+            admin,
         })
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are, when apart from the HTTP listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    fn public_listener(&self, name: &'static str) -> PublicListener {
+        let connections = &self.serving.common.connections;
+        let cap = self.connections.cap(name, connections.max_connections);
+        PublicListener::new(self.tls.clone(), cap, connections)
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -81,32 +118,65 @@ impl Ingress {
     /// timeout) and flushes the producer. Every vote a client was told is
     /// accepted was acknowledged by Kafka before the reply, so the flush only
     /// concerns votes whose clients went away.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let http_votes = if self.args.no_http_votes {
             " (no POST /votes)"
         } else {
             ""
         };
         tracing::info!(
-            "ingress listening: HTTP on {}{http_votes}, gRPC {}; topic {:?}",
+            "ingress listening: HTTP on {}{http_votes}, gRPC {}; {}; probes and metrics {}; topic {:?}",
             self.http_addr(),
             self.grpc_addr().map_or("off".to_owned(), |a| format!("on {a}")),
+            match (&self.tls, &self.serving.tls_client_ca) {
+                (None, _) => "plain text",
+                (Some(_), None) => "TLS",
+                (Some(_), Some(_)) => "TLS, client certificates required on gRPC",
+            },
+            self.admin_addr()
+                .map_or("on the HTTP listener".to_owned(), |a| format!("on the admin port {a}")),
             self.intake.producer().topic(),
         );
+        let http_listener = self.public_listener("http");
+        let grpc = self
+            .grpc
+            .take()
+            .map(|(listener, _)| (listener, self.public_listener("grpc")));
         let (stop, stopping) = watch::channel(false);
-        let http = http::server(self.http, self.intake.clone(), &self.args, stopped(stopping.clone()))
-            .context("starting the HTTP server")?;
+        let state = http::state(self.intake.clone(), &self.args, self.serving.body_timeout());
+        let admin = match self.admin {
+            None => None,
+            Some((listener, _)) => {
+                let server = ops::admin_server(listener, state.clone()).context("starting the admin server")?;
+                Some((server.handle(), tokio::spawn(server)))
+            }
+        };
+        let http = http::server(
+            self.http,
+            state,
+            &self.args,
+            &http_listener,
+            admin.is_some(),
+            stopped(stopping.clone()),
+        )
+        .context("starting the HTTP server")?;
         let http = tokio::spawn(stop_all_after(stop.clone(), async move {
             http.await.context("HTTP server")
         }));
-        let grpc = match self.grpc {
+        let grpc = match grpc {
             None => None,
-            Some((listener, _)) => {
+            Some((listener, public)) => {
                 listener.set_nonblocking(true)?;
+                let serving = GrpcServing {
+                    listener: public,
+                    request_timeout: self.serving.body_timeout() + self.args.producer.produce_timeout(),
+                    max_streams: self.serving.grpc_max_streams,
+                };
                 let serve = grpc::serve(
                     tokio::net::TcpListener::from_std(listener)?,
                     self.intake.clone(),
                     self.args.grpc_max_message_bytes,
+                    serving,
                     stopped(stopping.clone()),
                 );
                 let drain = bounded_drain(serve, stopping.clone(), self.args.shutdown_timeout());
@@ -124,6 +194,11 @@ impl Ingress {
             Some(task) => task.await.context("gRPC server task")?,
             None => Ok(()),
         };
+        // Probes and scrapes are answered until the public servers are done.
+        if let Some((handle, task)) = admin {
+            handle.stop(true).await;
+            task.await.context("admin server task")?.context("admin server")?;
+        }
 
         let producer = self.intake.producer().clone();
         let flush_timeout = self.args.producer.produce_timeout();

@@ -98,4 +98,9 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+
+    /// For metrics registered by other modules (the listeners' connections: [`crate::serving`]).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
 }

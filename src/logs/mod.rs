@@ -23,14 +23,16 @@ use std::sync::Arc;
 
 use actix_web::dev::Service;
 use actix_web::http::header::CACHE_CONTROL;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, HttpServer, middleware, web};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 
 use crate::config::LogsSettings;
 use crate::ops::{self, Dependency, Probes, Readiness};
 use crate::schema::redis::RedisKeys;
+use crate::serving::{self, ConnectionMetrics, PublicListener};
 use crate::stores::redis_pool;
+use crate::tls::ServerTls;
 use error::LogsError;
 use metrics::{Metrics, RequestLabels};
 use standings::StandingsReader;
@@ -53,6 +55,9 @@ pub struct LogsApp {
     addr: SocketAddr,
     state: web::Data<State>,
     tail: TailSource,
+    /// TLS and cut-offs of the public listener, and the admin port (issue 15).
+    public: PublicListener,
+    admin: Option<(TcpListener, SocketAddr)>,
 }
 
 impl LogsApp {
@@ -67,7 +72,13 @@ impl LogsApp {
             "--logs-backend-timeout-ms must be at least 1"
         );
         let timeout = logs.backend_timeout();
-        let metrics = Arc::new(Metrics::new());
+        let connections = &settings.serving.connections;
+        connections.check()?;
+        let tls = ServerTls::from_args(&settings.serving.tls, None)?;
+        let mut metrics = Metrics::new();
+        let cap = ConnectionMetrics::register(metrics.registry_mut()).cap("http", connections.max_connections);
+        let public = PublicListener::new(tls, cap, connections);
+        let metrics = Arc::new(metrics);
         let store = LogStore::new(
             &settings.mongo.mongodb_uri,
             &settings.mongo.mongodb_database,
@@ -94,6 +105,15 @@ impl LogsApp {
         let wanted = logs.listen_addr();
         let listener = TcpListener::bind(wanted).with_context(|| format!("cannot listen on {wanted}"))?;
         let addr = listener.local_addr()?;
+        let admin = match settings.admin.admin_addr {
+            None => None,
+            Some(wanted) => {
+                let listener =
+                    TcpListener::bind(wanted).with_context(|| format!("cannot listen on {wanted} (--admin-addr)"))?;
+                let addr = listener.local_addr()?;
+                Some((listener, addr))
+            }
+        };
         Ok(LogsApp {
             listener,
             addr,
@@ -104,7 +124,19 @@ impl LogsApp {
                 metrics,
             }),
             tail,
+            public,
+            admin,
         })
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are, when apart from the app.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// `https` with `--tls-cert`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.public.scheme()
     }
 
     /// The address actually bound (the real port when 0 was asked).
@@ -116,6 +148,14 @@ impl LogsApp {
     /// gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let ops_elsewhere = self.admin.is_some();
+        let admin = match self.admin {
+            None => None,
+            Some((listener, _)) => {
+                let server = ops::admin_server(listener, state.clone()).context("starting the admin server")?;
+                Some((server.handle(), tokio::spawn(server)))
+            }
+        };
         let server = HttpServer::new(move || {
             let metrics = state.metrics.clone();
             App::new()
@@ -136,12 +176,26 @@ impl LogsApp {
                 .route("/logs", web::get().to(list_logs))
                 .route("/logs/stream", web::get().to(stream_logs))
                 .route("/results", web::get().to(results))
-                .configure(ops::routes(state.clone()))
+                .app_data(state.clone())
+                .configure(|cfg| {
+                    if !ops_elsewhere {
+                        ops::routes(state.clone())(cfg);
+                    }
+                })
                 .default_service(web::to(not_found))
+                .wrap(middleware::from_fn(serving::refuse_over_cap))
         })
-        .listen(self.listener)?
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .client_request_timeout(self.public.header_timeout)
+        .tls_handshake_timeout(self.public.header_timeout)
+        // Per worker: a hard bound under the process-wide cap that refuse_over_cap answers.
+        .max_connections(self.public.cap.max())
+        .on_connect(self.public.cap.on_connect());
+        let server = match &self.public.tls {
+            Some(tls) => server.listen_rustls_0_23(self.listener, tls.http())?,
+            None => server.listen(self.listener)?,
+        }
         .run();
         let handle = server.handle();
 
@@ -162,6 +216,10 @@ impl LogsApp {
         };
         tail.abort();
         indexes.abort();
+        if let Some((handle, task)) = admin {
+            handle.stop(true).await;
+            task.await.context("admin server task")?.context("admin server")?;
+        }
         served.context("logs HTTP server")
     }
 }

@@ -9,6 +9,7 @@ mod consumer;
 mod contest;
 mod fencing;
 mod ingress;
+mod listeners;
 mod logs;
 mod operations;
 mod pipeline;
