@@ -7,10 +7,12 @@
 //! until its shutdown future resolves, lets in-flight requests finish and
 //! flushes the producer.
 
+mod auth;
 pub(crate) mod codec;
 mod grpc;
 mod http;
 mod intake;
+mod limits;
 mod metrics;
 mod producer;
 
@@ -27,7 +29,10 @@ use tokio::sync::watch;
 
 use crate::config::{IngressArgs, IngressSettings};
 use crate::shutdown::{stop_all_after, stopped};
+use crate::vote::Rules;
+use auth::Authenticator;
 use intake::Intake;
+use limits::Limits;
 use metrics::Metrics;
 
 pub struct Ingress {
@@ -48,7 +53,14 @@ impl Ingress {
         );
         let producer = VoteProducer::new(&settings.kafka, &args.producer).context("creating the Kafka producer")?;
         let window = settings.contest.window()?;
-        let intake = Intake::new(producer, Metrics::new(), settings.rules(), window, args.max_batch);
+        let auth = Authenticator::from_args(&args.auth)?;
+        let limits = Limits::from_args(&args.limits, args.producer.producer_queue_messages)?;
+        // With tokens every vote gets its voter from the token, so --require-voter holds by itself.
+        let rules = Rules {
+            require_voter: settings.rules().require_voter && auth.is_none(),
+            ..settings.rules()
+        };
+        let intake = Intake::new(producer, Metrics::new(), rules, window, args.max_batch).guarded(auth, limits);
         let http = TcpListener::bind(args.http_addr).context("binding the HTTP listener")?;
         let http_addr = http.local_addr()?;
         let grpc = if args.no_grpc {
