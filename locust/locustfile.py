@@ -6,7 +6,7 @@ or both, on the command line to compare the routes under the same load:
     locust -f locust/locustfile.py --headless -u 20 -r 20 -t 1m --voters 5000 --retry-rate 0.05 GrpcUser HttpUser
 
 Options (also in the web UI): --votes-file, --batch-size, --grpc-target,
---voters, --retry-rate and --tally-file, with their help in `_options` below
+--voters, --retry-rate, --tally-file and --jwt-*, with their help in `_options` below
 (Locust 2.47's `--help` prints before it loads the locustfile, so it omits
 them). Every call is a Locust request (type "grpc" or "POST",
 with its time, size and failure); a request fails unless every vote in it was
@@ -19,6 +19,12 @@ of its retry) until it is answered, so a voter's votes reach Kafka in the
 order they were sent (ballots.VoterPool). With --retry-rate F every vote
 carries a request id and a fraction F of requests are sent a second time,
 unchanged: the votes accepted twice must count once.
+
+With --jwt-private-key (an ingress started with --auth-jwt-keys), every
+request carries a voter token, `sub` = its voter, signed once per voter
+(tokens.Minter; `python3 locust/tokens.py KEY` prints the JWKS for the
+ingress). A token speaks for one voter, so each request then holds the votes
+of one voter from the pool (--voters is required).
 
 The tally (ballots.Tally), written to --tally-file when the run stops, has
 the votes accepted per route (a batch of 10 accepted counts 10, a retry
@@ -45,6 +51,7 @@ from pathlib import Path  # noqa: E402
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 
 import ballots  # noqa: E402
+import tokens  # noqa: E402
 
 # Bound on one call. The ingress answers UNAVAILABLE / 503 after its produce
 # timeout (5 s by default), so this only catches a hung connection.
@@ -52,6 +59,7 @@ REQUEST_TIMEOUT_S = 15.0
 
 TALLY = ballots.Tally()
 VOTERS = ballots.VoterPool(0)  # sized by --voters when Locust starts
+MINTER: tokens.Minter | None = None  # with --jwt-private-key
 
 
 @events.init_command_line_parser.add_listener
@@ -99,6 +107,31 @@ def _options(parser):
         help="when the run stops, write here as JSON the votes accepted per route and the Redis counters "
         "they must give",
     )
+    group.add_argument(
+        "--jwt-private-key",
+        default="",
+        env_var="LOCUST_JWT_PRIVATE_KEY",
+        help="PEM private key (Ed25519, EC P-256 or RSA): every request carries a token of its voter signed "
+        "with it, for an ingress with --auth-jwt-keys; needs --voters",
+    )
+    group.add_argument(
+        "--jwt-kid",
+        default=tokens.DEFAULT_KID,
+        env_var="LOCUST_JWT_KID",
+        help=f"the kid in the tokens' header, the key's id in the ingress's JWKS [{tokens.DEFAULT_KID}]",
+    )
+    group.add_argument(
+        "--jwt-issuer",
+        default="",
+        env_var="LOCUST_JWT_ISSUER",
+        help="the tokens' iss (the ingress's --auth-jwt-issuer); none when empty",
+    )
+    group.add_argument(
+        "--jwt-audience",
+        default="",
+        env_var="LOCUST_JWT_AUDIENCE",
+        help="the tokens' aud (the ingress's --auth-jwt-audience); none when empty",
+    )
 
 
 @events.init.add_listener
@@ -110,8 +143,16 @@ def _init(environment, **_kwargs):
         raise SystemExit("--voters must be 0 or more")
     if not 0 <= options.retry_rate <= 1:
         raise SystemExit("--retry-rate must be between 0 and 1")
-    global VOTERS
+    global VOTERS, MINTER
     VOTERS = ballots.VoterPool(options.voters)
+    if options.jwt_private_key:
+        if options.voters < 1:
+            raise SystemExit("--jwt-private-key needs --voters: a token names its voter")
+        try:
+            pem = Path(options.jwt_private_key).read_bytes()
+            MINTER = tokens.Minter(pem, options.jwt_kid, options.jwt_issuer or None, options.jwt_audience or None)
+        except (OSError, ValueError, TypeError) as e:
+            raise SystemExit(f"--jwt-private-key: {e}") from None
     try:
         ballots.load_votes(options.votes_file)
     except (OSError, ValueError) as e:
@@ -159,13 +200,16 @@ class _Voter:
         self.feed = ballots.Feed(ballots.load_votes(options.votes_file))
 
     def _vote(self):
-        lease = VOTERS.lease(self.batch_size)
+        # A token speaks for one voter: with tokens, a request holds one voter's votes.
+        lease = VOTERS.lease(1 if MINTER else self.batch_size)
         try:
-            votes = ballots.ballots(self.feed.take(self.batch_size), lease.voters, request_ids=self.retry_rate > 0)
-            ids = self._send(votes)
+            voters = lease.voters * self.batch_size if MINTER else lease.voters
+            token = MINTER.token(lease.voters[0]) if MINTER else None
+            votes = ballots.ballots(self.feed.take(self.batch_size), voters, request_ids=self.retry_rate > 0)
+            ids = self._send(votes, token=token)
             TALLY.record(self.route, votes, ids, ordered=lease.exclusive)
             if self.retry_rate and random.random() < self.retry_rate:
-                again = self._send(votes, first_ids=ids)
+                again = self._send(votes, token=token, first_ids=ids)
                 TALLY.record(self.route, votes, again, first_ids=ids, ordered=lease.exclusive)
         finally:
             VOTERS.release(lease)
@@ -200,18 +244,21 @@ class GrpcUser(User, _Voter):
     def vote(self):
         self._vote()
 
-    def _send(self, votes, first_ids=None):
+    def _send(self, votes, token=None, first_ids=None):
         messages = [ballots.to_message(self.pb, v) for v in votes]
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
         single = self.batch_size == 1
         name = ("CastVote" if single else "CastVotes") + (" (retry)" if first_ids is not None else "")
         ids, exception, length = [None] * len(votes), None, 0
         start = time.perf_counter()
         try:
             if single:
-                reply = self.stub.CastVote(messages[0], timeout=REQUEST_TIMEOUT_S)
+                reply = self.stub.CastVote(messages[0], timeout=REQUEST_TIMEOUT_S, metadata=metadata)
                 ids = [reply.id]
             else:
-                reply = self.stub.CastVotes(self.pb.CastVotesRequest(votes=messages), timeout=REQUEST_TIMEOUT_S)
+                reply = self.stub.CastVotes(
+                    self.pb.CastVotesRequest(votes=messages), timeout=REQUEST_TIMEOUT_S, metadata=metadata
+                )
                 for result in reply.results:
                     if result.WhichOneof("outcome") == "accepted":
                         ids[result.index] = result.accepted.id
@@ -262,11 +309,13 @@ class HttpUser(FastHttpUser, _Voter):
     def vote(self):
         self._vote()
 
-    def _send(self, votes, first_ids=None):
+    def _send(self, votes, token=None, first_ids=None):
         single = self.batch_size == 1
         name = ("/votes" if single else "/votes (batch)") + (" (retry)" if first_ids is not None else "")
         ids = [None] * len(votes)
-        with self.client.post("/votes", json=votes[0] if single else votes, name=name, catch_response=True) as response:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        body = votes[0] if single else votes
+        with self.client.post("/votes", json=body, headers=headers, name=name, catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
                 return ids

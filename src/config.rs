@@ -219,6 +219,10 @@ pub struct IngressArgs {
     pub shutdown_timeout_secs: u64,
     #[command(flatten)]
     pub producer: ProducerArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 impl IngressArgs {
@@ -229,6 +233,59 @@ impl IngressArgs {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
+}
+
+// Voter tokens and abuse limits of the ingress (src/ingress/auth.rs, src/ingress/limits.rs).
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// JWKS file (JSON Web Key Set) of the public keys voter tokens are signed with: Ed25519
+    /// (OKP), ES256 (EC P-256) or RS256 (RSA), each with its `kid`. When set, every vote request
+    /// needs `Authorization: Bearer <JWT>` (gRPC: `authorization` metadata) with `exp` and `sub`,
+    /// the voter: a vote without a voter gets it, one naming another voter is refused (403
+    /// voter_mismatch / PERMISSION_DENIED); a missing or invalid token gets 401 / UNAUTHENTICATED.
+    /// The file is reread when it changes (checked at most once a second), so keys rotate without
+    /// a restart. Unset: votes are not authenticated.
+    #[arg(long, env = "AUTH_JWT_KEYS")]
+    pub auth_jwt_keys: Option<std::path::PathBuf>,
+    /// The `iss` voter tokens must carry. Unset: not checked.
+    #[arg(long, env = "AUTH_JWT_ISSUER", requires = "auth_jwt_keys")]
+    pub auth_jwt_issuer: Option<String>,
+    /// The `aud` voter tokens must carry (one of, when a list). Unset: not checked, so set it when
+    /// the same keys sign tokens for other services.
+    #[arg(long, env = "AUTH_JWT_AUDIENCE", requires = "auth_jwt_keys")]
+    pub auth_jwt_audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Votes per minute per voter (the token's `sub`, else the vote's `voter`); past it the
+    /// request gets 429 with Retry-After / RESOURCE_EXHAUSTED and nothing is produced. Anonymous
+    /// votes are limited only by address. Unset: no limit.
+    #[arg(long, env = "RATE_LIMIT_VOTER")]
+    pub rate_limit_voter: Option<std::num::NonZeroU32>,
+    /// Votes a voter may send at once before the per-minute rate applies; a request with more
+    /// votes of one voter is always refused [default: the rate].
+    #[arg(long, env = "RATE_LIMIT_VOTER_BURST", requires = "rate_limit_voter")]
+    pub rate_limit_voter_burst: Option<std::num::NonZeroU32>,
+    /// Vote requests per second per client address (the TCP peer: behind a proxy or load
+    /// balancer, the proxy's, unless it keeps client addresses; IPv6 by /64); past it 429 /
+    /// RESOURCE_EXHAUSTED. Unset: no limit.
+    #[arg(long, env = "RATE_LIMIT_IP")]
+    pub rate_limit_ip: Option<std::num::NonZeroU32>,
+    /// Requests an address may send at once before the per-second rate applies [default: the rate].
+    #[arg(long, env = "RATE_LIMIT_IP_BURST", requires = "rate_limit_ip")]
+    pub rate_limit_ip_burst: Option<std::num::NonZeroU32>,
+    /// Voters (and, in a table of its own, addresses) the rate limits remember at once, 16 bytes
+    /// each, allocated at start when the limit is on. A key is needed only while its bucket
+    /// refills; past the size, the key closest to a full bucket is forgotten first.
+    #[arg(long, env = "RATE_LIMIT_TABLE_ENTRIES", default_value_t = 1_048_576)]
+    pub rate_limit_table_entries: usize,
+    /// Load shedding: a request whose votes would bring the producer's queue past this fraction of
+    /// --producer-queue-messages is refused at once (503 overloaded with Retry-After / UNAVAILABLE)
+    /// instead of waiting for room. Above 0, at most 1.
+    #[arg(long, env = "SHED_QUEUE_FILL", default_value_t = 0.9)]
+    pub shed_queue_fill: f64,
 }
 
 #[derive(Debug, Clone, Args)]

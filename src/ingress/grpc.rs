@@ -26,6 +26,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+use super::auth::Voter;
 use super::codec;
 use super::intake::{CastError, Intake, Outcome};
 use crate::proto::vote_service_server::{VoteService, VoteServiceServer};
@@ -46,6 +47,19 @@ impl From<CastError> for Status {
             CastError::BatchTooLong { .. } | CastError::EmptyBatch => Status::invalid_argument(e.to_string()),
             CastError::Unavailable(_) => Status::unavailable(e.to_string()),
             CastError::NotOpen(_) | CastError::Closed(_) => Status::failed_precondition(e.to_string()),
+            CastError::Unauthenticated(reason) => {
+                // The reason travels as metadata, as the HTTP body's `reason`.
+                let mut metadata = MetadataMap::new();
+                metadata.insert("auth-reason", MetadataValue::from_static(reason.reason()));
+                Status::with_metadata(tonic::Code::Unauthenticated, e.to_string(), metadata)
+            }
+            CastError::VoterMismatch => Status::permission_denied(e.to_string()),
+            CastError::RateLimited(limited) => {
+                let mut metadata = MetadataMap::new();
+                metadata.insert("retry-after", MetadataValue::from(limited.retry_after_secs()));
+                Status::with_metadata(tonic::Code::ResourceExhausted, e.to_string(), metadata)
+            }
+            CastError::Overloaded => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -56,6 +70,13 @@ pub struct VoteApi {
 }
 
 impl VoteApi {
+    /// The address limit and the voter token of a call (intake.rs).
+    fn admit<T>(&self, request: &Request<T>) -> Result<Option<Voter>, Status> {
+        let authorization = request.metadata().get("authorization").map(|v| v.as_bytes());
+        let peer = request.remote_addr().map(|a| a.ip());
+        Ok(self.intake.admit(Route::Grpc, peer, authorization)?)
+    }
+
     fn validate(&self, vote: &proto::Vote) -> Result<Vote, FieldError> {
         Vote::from_fields(
             vote.name.as_deref(),
@@ -79,14 +100,16 @@ fn accepted(record: &VoteRecord) -> CastVoteReply {
 #[tonic::async_trait]
 impl VoteService for VoteApi {
     async fn cast_vote(&self, request: Request<proto::Vote>) -> Result<Response<CastVoteReply>, Status> {
+        let voter = self.admit(&request)?;
         let vote = self.validate(request.get_ref());
-        let record = self.intake.cast_one(Route::Grpc, vote).await?;
+        let record = self.intake.cast_one(Route::Grpc, voter.as_ref(), vote).await?;
         Ok(Response::new(accepted(&record)))
     }
 
     async fn cast_votes(&self, request: Request<CastVotesRequest>) -> Result<Response<CastVotesReply>, Status> {
+        let voter = self.admit(&request)?;
         let votes = request.get_ref().votes.iter().map(|v| self.validate(v));
-        let outcomes = self.intake.cast_batch(Route::Grpc, votes).await?;
+        let outcomes = self.intake.cast_batch(Route::Grpc, voter.as_ref(), votes).await?;
         let mut reply = CastVotesReply::default();
         for (index, outcome) in outcomes.into_iter().enumerate() {
             let outcome = match outcome {

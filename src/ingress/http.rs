@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::auth::AuthError;
 use super::intake::{CastError, Intake, Outcome};
 use crate::config::IngressArgs;
 use crate::ops::{self, Dependency, Probes, Readiness};
@@ -87,6 +88,10 @@ impl ResponseError for HttpError {
             HttpError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             HttpError::Cast(CastError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Cast(CastError::NotOpen(_) | CastError::Closed(_)) => StatusCode::FORBIDDEN,
+            HttpError::Cast(CastError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+            HttpError::Cast(CastError::VoterMismatch) => StatusCode::FORBIDDEN,
+            HttpError::Cast(CastError::RateLimited(_)) => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::Cast(CastError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -94,10 +99,11 @@ impl ResponseError for HttpError {
     fn error_response(&self) -> HttpResponse {
         let (field, problem, reason) = match self {
             HttpError::Cast(CastError::Invalid(e)) => (Some(e.field), Some(e.problem.code()), e.reason.clone()),
+            HttpError::Cast(CastError::Unauthenticated(e)) => (None, None, e.reason().to_owned()),
             other => (None, None, other.to_string()),
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let HttpError::Cast(CastError::Unavailable(_)) = self {
+        if let HttpError::Cast(CastError::Unavailable(_) | CastError::Overloaded) = self {
             // Kafka outages are usually short; well-behaved clients back off at least this long.
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
@@ -105,12 +111,32 @@ impl ResponseError for HttpError {
             // What is left of a slow body is not worth reading: the connection goes.
             response.force_close();
         }
+        if let HttpError::Cast(e) = self {
+            guard_headers(e, &mut response);
+        }
         response.json(ErrorBody {
             error: self.code(),
             reason,
             field,
             problem,
         })
+    }
+}
+
+/// The headers of the refusals of voter tokens and limits (auth.rs, limits.rs).
+fn guard_headers(e: &CastError, response: &mut actix_web::HttpResponseBuilder) {
+    match e {
+        // RFC 6750: a challenge, with error="invalid_token" when a token was sent.
+        CastError::Unauthenticated(AuthError::Missing) => {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        CastError::Unauthenticated(_) => {
+            response.insert_header((header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#));
+        }
+        CastError::RateLimited(limited) => {
+            response.insert_header((header::RETRY_AFTER, limited.retry_after_secs()));
+        }
+        _ => {}
     }
 }
 
@@ -259,6 +285,11 @@ async fn post_votes(
 }
 
 async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -> Result<HttpResponse, HttpError> {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    let voter = state
+        .intake
+        .admit(Route::Http, request.peer_addr().map(|a| a.ip()), authorization)?;
+    let voter = voter.as_ref();
     check_content_type(request)?;
     let body = tokio::time::timeout(state.body_timeout, read_body(request, payload, state.max_body_bytes))
         .await
@@ -271,7 +302,7 @@ async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -
     match &value {
         Value::Object(_) => {
             let vote = Vote::from_json(&value, rules).and_then(|vote| with_idempotency_key(vote, key));
-            let record = state.intake.cast_one(Route::Http, vote).await?;
+            let record = state.intake.cast_one(Route::Http, voter, vote).await?;
             Ok(HttpResponse::Ok().json(AcceptedReply {
                 id: record.id,
                 received_at: format_instant(&record.received_at),
@@ -287,7 +318,7 @@ async fn cast(request: &HttpRequest, payload: web::Payload, state: &HttpState) -
         }
         Value::Array(items) => {
             let votes = items.iter().map(|item| Vote::from_json(item, rules));
-            let outcomes = state.intake.cast_batch(Route::Http, votes).await?;
+            let outcomes = state.intake.cast_batch(Route::Http, voter, votes).await?;
             Ok(HttpResponse::Ok().json(BatchReply::new(outcomes)))
         }
         other => Err(HttpError::NotObjectOrArray(kind_of(other))),

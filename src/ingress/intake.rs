@@ -2,12 +2,16 @@
 //! validated by [`crate::vote`]): check the batch length, stamp the valid
 //! votes, produce them concurrently, wait for Kafka, and count every outcome.
 //! The routes only translate requests in and outcomes out, so gRPC and HTTP
-//! cannot drift apart.
+//! cannot drift apart. Before the body, [`Intake::admit`] applies the
+//! address limit and the voter token; before producing, the token's voter is
+//! bound to the votes and the voter limit and load shedding apply.
 
 use chrono::Utc;
 
 use crate::contest::{Phase, VotingWindow};
 
+use super::auth::{AuthError, Authenticator, Voter, VoterMismatch};
+use super::limits::{Limited, Limits};
 use super::metrics::Metrics;
 use super::producer::{ProduceError, VoteProducer};
 use crate::vote::{FieldError, Route, Rules, Vote, VoteRecord};
@@ -30,6 +34,18 @@ pub enum CastError {
     /// Kafka acknowledged none of the request's valid votes.
     #[error("{0}")]
     Unavailable(ProduceError),
+    /// No valid voter token (auth.rs).
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    /// A vote names another voter than its token.
+    #[error("a vote's voter is not the token's subject")]
+    VoterMismatch,
+    /// Past a rate limit (limits.rs).
+    #[error("too many requests for this {}: retry in {} s", .0.scope.as_str(), .0.retry_after_secs())]
+    RateLimited(Limited),
+    /// The producer's queue is near full: refused before queueing.
+    #[error("the ingress is overloaded: Kafka is not keeping up; retry shortly")]
+    Overloaded,
 }
 
 impl CastError {
@@ -42,6 +58,10 @@ impl CastError {
             CastError::NotOpen(_) => "voting_not_open",
             CastError::Closed(_) => "voting_closed",
             CastError::Unavailable(e) => e.code(),
+            CastError::Unauthenticated(_) => "unauthorized",
+            CastError::VoterMismatch => VoterMismatch::CODE,
+            CastError::RateLimited(_) => "rate_limited",
+            CastError::Overloaded => "overloaded",
         }
     }
 }
@@ -61,6 +81,8 @@ pub struct Intake {
     rules: Rules,
     window: VotingWindow,
     max_batch: usize,
+    auth: Option<Authenticator>,
+    limits: Limits,
 }
 
 impl Intake {
@@ -77,7 +99,69 @@ impl Intake {
             rules,
             window,
             max_batch,
+            auth: None,
+            limits: Limits::default(),
         }
+    }
+
+    /// The same intake behind voter tokens (when `auth` is set) and limits.
+    pub fn guarded(self, auth: Option<Authenticator>, limits: Limits) -> Intake {
+        Intake { auth, limits, ..self }
+    }
+
+    /// Admits a request before its body is looked at: the client address
+    /// within its rate limit, then, with authentication on, the voter of its
+    /// token (`authorization`: the header's or metadata's value).
+    pub fn admit(
+        &self,
+        route: Route,
+        peer: Option<std::net::IpAddr>,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<Voter>, CastError> {
+        self.limits
+            .check_ip(peer)
+            .map_err(|limited| self.limited(route, limited))?;
+        let Some(auth) = &self.auth else { return Ok(None) };
+        auth.verify(authorization).map(Some).map_err(|e| {
+            self.metrics.auth_refused(route, e.reason());
+            CastError::Unauthenticated(e)
+        })
+    }
+
+    fn limited(&self, route: Route, limited: Limited) -> CastError {
+        self.metrics.rate_limited(route, limited.scope);
+        CastError::RateLimited(limited)
+    }
+
+    /// The votes as cast by the token's voter (none: as sent). Refuses the
+    /// request whole when a vote names another voter, while the producer's
+    /// queue is near full, or past a voter's rate.
+    fn guard_votes(
+        &self,
+        route: Route,
+        voter: Option<&Voter>,
+        votes: Vec<Result<Vote, FieldError>>,
+    ) -> Result<Vec<Result<Vote, FieldError>>, CastError> {
+        let votes = match voter {
+            None => votes,
+            Some(voter) => votes
+                .into_iter()
+                .map(|vote| voter.bind(vote))
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    self.metrics.auth_refused(route, VoterMismatch::CODE);
+                    CastError::VoterMismatch
+                })?,
+        };
+        let valid = || votes.iter().filter_map(|vote| vote.as_ref().ok());
+        if self.limits.should_shed(self.producer.pending(), valid().count()) {
+            self.metrics.shed(route);
+            return Err(CastError::Overloaded);
+        }
+        self.limits
+            .check_voters(valid().filter_map(|vote| vote.voter.as_deref()))
+            .map_err(|limited| self.limited(route, limited))?;
+        Ok(votes)
     }
 
     pub fn rules(&self) -> &Rules {
@@ -122,9 +206,18 @@ impl Intake {
     }
 
     /// One vote: produced if valid; the record once Kafka has it.
-    pub async fn cast_one(&self, route: Route, vote: Result<Vote, FieldError>) -> Result<VoteRecord, CastError> {
+    pub async fn cast_one(
+        &self,
+        route: Route,
+        voter: Option<&Voter>,
+        vote: Result<Vote, FieldError>,
+    ) -> Result<VoteRecord, CastError> {
         let now = Utc::now();
         self.check_window(route, now)?;
+        let vote = self
+            .guard_votes(route, voter, vec![vote])?
+            .pop()
+            .expect("one vote in, one out");
         let vote = vote.map_err(|e| {
             self.metrics.rejected(route, e.problem.code());
             CastError::Invalid(e)
@@ -150,15 +243,18 @@ impl Intake {
     ///
     /// `votes` validates lazily, so an over-long batch is refused before any
     /// of its items is looked at.
-    pub async fn cast_batch<I>(&self, route: Route, votes: I) -> Result<Vec<Outcome>, CastError>
+    pub async fn cast_batch<I>(&self, route: Route, voter: Option<&Voter>, votes: I) -> Result<Vec<Outcome>, CastError>
     where
         I: ExactSizeIterator<Item = Result<Vote, FieldError>>,
     {
         self.check_batch_len(route, votes.len())?;
         let received_at = Utc::now();
         self.check_window(route, received_at)?;
-        let items: Vec<Result<VoteRecord, FieldError>> =
-            votes.map(|vote| vote.map(|v| v.stamp(route, received_at))).collect();
+        let votes = self.guard_votes(route, voter, votes.collect())?;
+        let items: Vec<Result<VoteRecord, FieldError>> = votes
+            .into_iter()
+            .map(|vote| vote.map(|v| v.stamp(route, received_at)))
+            .collect();
         let records: Vec<&VoteRecord> = items.iter().filter_map(|item| item.as_ref().ok()).collect();
         let results = {
             let _in_flight = self.metrics.in_flight(route, records.len());

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::auth::{AuthError, VoterMismatch};
+use super::limits::Scope;
 use crate::vote::Route;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +38,21 @@ pub struct Metrics {
     /// The per-route series of `votes_accepted` and `votes_in_flight`, in
     /// [`Route::ALL`] order: created at start and looked up once, not per vote.
     by_route: [RouteSeries; 2],
+    guards: GuardMetrics,
+}
+
+/// Requests refused by the voter tokens and the limits (auth.rs, limits.rs).
+#[derive(Debug, Default)]
+struct GuardMetrics {
+    auth_refused: Family<ReasonLabels, Counter>,
+    rate_limited: Family<ScopeLabels, Counter>,
+    shed: Family<RouteLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    route: &'static str,
+    scope: &'static str,
 }
 
 #[derive(Debug)]
@@ -72,7 +89,9 @@ impl Metrics {
             requests_refused: Family::default(),
             produce_latency: Family::new_with_constructor(latency_histogram),
             by_route,
+            guards: GuardMetrics::default(),
         };
+        metrics.register_guards();
         let registry = &mut metrics.registry;
         registry.register(
             "votes_accepted",
@@ -153,6 +172,64 @@ impl Metrics {
     /// For metrics registered by other modules (the listeners' connections: [`crate::serving`]).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+
+    /// The series of the tokens and limits, each at 0 from the start.
+    fn register_guards(&mut self) {
+        let guards = &self.guards;
+        for route in Route::ALL.map(Route::as_str) {
+            for reason in AuthError::ALL
+                .map(AuthError::reason)
+                .into_iter()
+                .chain([VoterMismatch::CODE])
+            {
+                let _ = guards.auth_refused.get_or_create(&ReasonLabels { route, reason });
+            }
+            for scope in Scope::ALL.map(Scope::as_str) {
+                let _ = guards.rate_limited.get_or_create(&ScopeLabels { route, scope });
+            }
+            let _ = guards.shed.get_or_create(&RouteLabel { route });
+        }
+        self.registry.register(
+            "auth_refused",
+            "Vote requests refused for their voter token (401: missing, malformed, expired, not_yet_valid, \
+             bad_signature, unknown_kid, wrong_audience, wrong_issuer) or for naming another voter \
+             (403: voter_mismatch)",
+            guards.auth_refused.clone(),
+        );
+        self.registry.register(
+            "rate_limited",
+            "Vote requests refused with 429 / RESOURCE_EXHAUSTED, by the limit passed (voter or ip)",
+            guards.rate_limited.clone(),
+        );
+        self.registry.register(
+            "shed",
+            "Vote requests refused at once (503 / UNAVAILABLE) because the producer's queue was near full",
+            guards.shed.clone(),
+        );
+    }
+
+    pub fn auth_refused(&self, route: Route, reason: &'static str) {
+        let labels = ReasonLabels {
+            route: route.as_str(),
+            reason,
+        };
+        self.guards.auth_refused.get_or_create(&labels).inc();
+    }
+
+    pub fn rate_limited(&self, route: Route, scope: Scope) {
+        let labels = ScopeLabels {
+            route: route.as_str(),
+            scope: scope.as_str(),
+        };
+        self.guards.rate_limited.get_or_create(&labels).inc();
+    }
+
+    pub fn shed(&self, route: Route) {
+        self.guards
+            .shed
+            .get_or_create(&RouteLabel { route: route.as_str() })
+            .inc();
     }
 }
 

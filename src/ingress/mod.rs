@@ -7,10 +7,12 @@
 //! until its shutdown future resolves, lets in-flight requests finish and
 //! flushes the producer.
 
+mod auth;
 pub(crate) mod codec;
 mod grpc;
 mod http;
 mod intake;
+mod limits;
 mod metrics;
 mod producer;
 
@@ -30,7 +32,10 @@ use crate::ops;
 use crate::serving::{ConnectionMetrics, GrpcServing, PublicListener};
 use crate::shutdown::{stop_all_after, stopped};
 use crate::tls::ServerTls;
+use crate::vote::Rules;
+use auth::Authenticator;
 use intake::Intake;
+use limits::Limits;
 use metrics::Metrics;
 
 pub struct Ingress {
@@ -62,7 +67,14 @@ impl Ingress {
         let tls = ServerTls::from_args(&serving.common.tls, serving.tls_client_ca.as_deref())?;
         let mut metrics = Metrics::new();
         let connections = ConnectionMetrics::register(metrics.registry_mut());
-        let intake = Intake::new(producer, metrics, settings.rules(), window, args.max_batch);
+        let auth = Authenticator::from_args(&args.auth)?;
+        let limits = Limits::from_args(&args.limits, args.producer.producer_queue_messages)?;
+        // With tokens every vote gets its voter from the token, so --require-voter holds by itself.
+        let rules = Rules {
+            require_voter: settings.rules().require_voter && auth.is_none(),
+            ..settings.rules()
+        };
+        let intake = Intake::new(producer, metrics, rules, window, args.max_batch).guarded(auth, limits);
         let http = TcpListener::bind(args.http_addr).context("binding the HTTP listener")?;
         let http_addr = http.local_addr()?;
         let grpc = if args.no_grpc {
