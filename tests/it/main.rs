@@ -12,4 +12,5 @@ mod ingress;
 mod logs;
 mod operations;
 mod pipeline;
+mod secure_stores;
 mod smoke;
