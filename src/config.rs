@@ -57,11 +57,12 @@ pub struct KafkaArgs {
     /// Topic for records the consumer cannot count (dead letters).
     #[arg(long, env = "DLQ_TOPIC", default_value = "votes.dlq")]
     pub dlq_topic: String,
-    /// A librdkafka property for every Kafka client, as key=value (repeatable; the variable is
-    /// comma-separated), applied over votestream's own settings: e.g. security.protocol=SASL_SSL,
-    /// sasl.mechanism=SCRAM-SHA-512, sasl.username=..., ssl.ca.location=... Values are never
-    /// printed; secrets belong in --kafka-options-file. Properties votestream owns
-    /// (bootstrap.servers, group.id, acks, enable.idempotence, ...) are refused.
+    /// A librdkafka property for every Kafka client, as key=value (repeatable; commas separate
+    /// several, so a value holding one goes in --kafka-options-file), applied over votestream's
+    /// own settings: e.g. security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,
+    /// sasl.username=..., ssl.ca.location=... Values are never printed; secrets belong in
+    /// --kafka-options-file. Properties votestream owns (bootstrap.servers, group.id, acks,
+    /// enable.idempotence, ...) are refused.
     #[arg(
         long = "kafka-option",
         env = "KAFKA_OPTIONS",

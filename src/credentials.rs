@@ -62,8 +62,10 @@ pub async fn check_redis(redis: &RedisArgs) -> anyhow::Result<()> {
         Ok(Err(e)) if e.kind() == ErrorKind::AuthenticationFailed => {
             anyhow::bail!("redis refused the user and password of the Redis URL (--redis-url / --redis-url-file): {e}")
         }
-        Ok(Err(e)) => tracing::warn!(error = %e, "redis: credentials not checked at start (no answer)"),
-        Err(_) => tracing::warn!("redis: credentials not checked at start (no answer within {CHECK_TIMEOUT:?})"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "redis: the credentials could not be checked at start"),
+        Err(_) => {
+            tracing::warn!("redis: the credentials could not be checked at start (no answer within {CHECK_TIMEOUT:?})")
+        }
         Ok(Ok(_)) => {}
     }
     Ok(())
@@ -94,15 +96,13 @@ pub async fn check_mongo(mongo: &MongoArgs) -> anyhow::Result<()> {
             "mongodb refused the credentials of the MongoDB URI (--mongodb-uri / --mongodb-uri-file): {message}"
         )
     };
-    match ping.as_ref().map_err(|e| e.kind.as_ref()) {
-        Err(ErrorKind::Authentication { message, .. }) => return Err(refused(message)),
-        // AuthenticationFailed, as a server may answer it.
-        Err(ErrorKind::Command(e)) if e.code == 18 => return Err(refused(&e.message)),
-        Err(_) => tracing::warn!(
-            error = %ping.as_ref().err().map(ToString::to_string).unwrap_or_default(),
-            "mongodb: credentials not checked at start (no answer)"
-        ),
-        Ok(_) => {}
+    if let Err(e) = ping {
+        match e.kind.as_ref() {
+            ErrorKind::Authentication { message, .. } => return Err(refused(message)),
+            // AuthenticationFailed, as a server may answer it.
+            ErrorKind::Command(c) if c.code == 18 => return Err(refused(&c.message)),
+            _ => tracing::warn!(error = %e, "mongodb: the credentials could not be checked at start"),
+        }
     }
     Ok(())
 }
@@ -136,7 +136,7 @@ pub async fn check_kafka(kafka: &KafkaArgs) -> anyhow::Result<()> {
                     return Ok(Some(e.to_string()));
                 }
                 Err(e) if Instant::now() >= deadline => {
-                    tracing::warn!(error = %e, "kafka: credentials not checked at start (no answer)");
+                    tracing::warn!(error = %e, "kafka: the credentials could not be checked at start");
                     return Ok(None);
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),

@@ -37,7 +37,7 @@ const RESERVED: [(&str, &str); 7] = [
 /// One property, `key=value`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaOption {
-    pub key: String,
+    key: String,
     value: String,
 }
 

@@ -13,10 +13,10 @@ fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     votestream::telemetry::init();
     // Secrets from files, then the credentials tried once (issue 15): a refusal stops here.
-    let prepared = cli.command.load_secrets().and_then(|()| {
-        let command = &cli.command;
-        runtime()?.block_on(votestream::credentials::check(command))
-    });
+    let prepared = cli
+        .command
+        .load_secrets()
+        .and_then(|()| runtime()?.block_on(votestream::credentials::check(&cli.command)));
     if let Err(e) = prepared {
         eprintln!("votestream: {e:#}");
         // Recount's exit status 2: could not recount.

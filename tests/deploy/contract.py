@@ -18,7 +18,11 @@ NAMESPACE = "votestream"
 PART_OF = {"app.kubernetes.io/part-of": "votestream"}
 
 # Per subcommand: the HTTP listener (its address variable and default port),
-# the paths it serves, and the gRPC listener where there is one.
+# the paths it serves, and the gRPC listener where there is one; whether that
+# listener is public (the consumer's serves only /healthz, /readyz and
+# /metrics: it is its admin port); and the variable that moves /healthz,
+# /readyz and /metrics to an admin port of their own (ADMIN_ADDR: unset, they
+# stay on the HTTP listener).
 SUBCOMMANDS = {
     "ingress": {
         "http_env": "HTTP_ADDR",
@@ -26,23 +30,41 @@ SUBCOMMANDS = {
         "paths": {"/healthz", "/readyz", "/metrics", "/votes"},
         "grpc_env": "GRPC_ADDR",
         "grpc_port": 50051,
+        "public": True,
+        "admin_env": "ADMIN_ADDR",
     },
     "consumer": {
         "http_env": "CONSUMER_HTTP_ADDR",
         "http_port": 9100,
         "paths": {"/healthz", "/readyz", "/metrics"},
+        "public": False,
     },
     "logs": {
         "http_env": "LOGS_ADDR",
         "http_port": 8081,
         "paths": {"/", "/logs", "/logs/stream", "/results", "/healthz", "/readyz", "/metrics"},
+        "public": True,
+        "admin_env": "ADMIN_ADDR",
     },
 }
 PROBE_PATHS = {"/healthz", "/readyz"}
+ADMIN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 # Read by the binary besides its flags: the log filter, and Cloud Run's port
 # (which wins over LOGS_ADDR's port in the logs app).
 EXTRA_ENV = {"RUST_LOG", "PORT"}
+# The flags of issue 15 that other branches add to src/config.rs (the admin
+# port, TLS, voter tokens), which the manifests set already. Once they are
+# merged, src/config.rs names them and this set is redundant.
+PENDING_ENV = {
+    "ADMIN_ADDR",
+    "TLS_CERT",
+    "TLS_KEY",
+    "TLS_CLIENT_CA",
+    "AUTH_JWT_KEYS",
+    "AUTH_JWT_ISSUER",
+    "AUTH_JWT_AUDIENCE",
+}
 
 
 def binary_env_names() -> set[str]:
@@ -51,7 +73,7 @@ def binary_env_names() -> set[str]:
     names = set(re.findall(r'\benv\s*=\s*"([A-Z0-9_]+)"', text))
     if not names:
         raise AssertionError('no `env = "..."` found in src/config.rs: has the CLI moved?')
-    return names | EXTRA_ENV
+    return names | EXTRA_ENV | PENDING_ENV
 
 
 def grpc_services() -> list[str]:
