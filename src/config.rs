@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use chrono::{DateTime, Utc};
 
 use crate::contest::VotingWindow;
+use crate::kafka_options::KafkaOptions;
 use crate::vote::Rules;
 
 #[derive(Debug, Parser)]
@@ -56,11 +57,36 @@ pub struct KafkaArgs {
     /// Topic for records the consumer cannot count (dead letters).
     #[arg(long, env = "DLQ_TOPIC", default_value = "votes.dlq")]
     pub dlq_topic: String,
+    /// A librdkafka property for every Kafka client, as key=value (repeatable; commas separate
+    /// several, so a value holding one goes in --kafka-options-file), applied over votestream's
+    /// own settings: e.g. security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,
+    /// sasl.username=..., ssl.ca.location=... Values are never printed; secrets belong in
+    /// --kafka-options-file. Properties votestream owns (bootstrap.servers, group.id, acks,
+    /// enable.idempotence, ...) are refused.
+    #[arg(
+        long = "kafka-option",
+        env = "KAFKA_OPTIONS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_option: Vec<String>,
+    /// A file of librdkafka properties, one key=value a line (# comments), read at start and
+    /// added to --kafka-option (a key in both is refused): SASL credentials from a Kubernetes
+    /// Secret mounted as a file.
+    #[arg(long, env = "KAFKA_OPTIONS_FILE", value_name = "PATH")]
+    pub kafka_options_file: Option<PathBuf>,
+    /// The options of --kafka-option and --kafka-options-file, checked: filled by
+    /// [`Command::load_secrets`] and given to every Kafka client.
+    #[arg(skip)]
+    pub kafka_options: KafkaOptions,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (redis://[:password@]host:port[/db]). Never printed.
+    /// Redis URL: redis://[user:password@]host:port[/db], or rediss:// for TLS (the server's
+    /// certificate checked against the system's roots, or the CA bundle in SSL_CERT_FILE).
+    /// Never printed.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -68,6 +94,10 @@ pub struct RedisArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// A file holding the Redis URL (e.g. a Kubernetes Secret mounted as a file), read at start,
+    /// trailing newline trimmed; instead of --redis-url.
+    #[arg(long, env = "REDIS_URL_FILE", value_name = "PATH", conflicts_with = "redis_url")]
+    pub redis_url_file: Option<PathBuf>,
     /// Prefix for every Redis key (e.g. "contest1:"); empty by default.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
     pub redis_key_prefix: String,
@@ -75,7 +105,8 @@ pub struct RedisArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct MongoArgs {
-    /// MongoDB connection string. Never printed.
+    /// MongoDB connection string; credentials go in it
+    /// (mongodb://user:password@host:port/?authSource=admin). Never printed.
     #[arg(
         long,
         env = "MONGODB_URI",
@@ -83,6 +114,10 @@ pub struct MongoArgs {
         hide_env_values = true
     )]
     pub mongodb_uri: String,
+    /// A file holding the MongoDB connection string (e.g. a Kubernetes Secret mounted as a
+    /// file), read at start, trailing newline trimmed; instead of --mongodb-uri.
+    #[arg(long, env = "MONGODB_URI_FILE", value_name = "PATH", conflicts_with = "mongodb_uri")]
+    pub mongodb_uri_file: Option<PathBuf>,
     /// Database holding the `logs` collection.
     #[arg(long, env = "MONGODB_DATABASE", default_value = "votestream")]
     pub mongodb_database: String,
@@ -614,6 +649,24 @@ impl ConnectionArgs {
     }
 }
 
+// --- Secrets from files and Kafka pass-through options (issue 15) -------------
+
+impl KafkaArgs {
+    /// Reads --kafka-options-file and checks every option into `kafka_options`.
+    fn load_options(&mut self) -> anyhow::Result<()> {
+        let file = match &self.kafka_options_file {
+            Some(path) => Some((
+                path.display().to_string(),
+                crate::secrets::read_secret_file(path, "--kafka-options-file")?,
+            )),
+            None => None,
+        };
+        let file = file.as_ref().map(|(path, text)| (path.as_str(), text.as_str()));
+        self.kafka_options = KafkaOptions::parse(&self.kafka_option, file).map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+}
+
 /// The public listeners of the logs app: TLS and cut-offs.
 #[derive(Debug, Clone, Args)]
 pub struct ServingArgs {
@@ -673,6 +726,60 @@ pub struct AllAdminArgs {
 }
 
 // --- end of issue 15's TLS, admin port and cut-offs ---
+
+impl RedisArgs {
+    fn load_url_file(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.redis_url_file {
+            self.redis_url = crate::secrets::read_secret_file(path, "--redis-url-file")?;
+        }
+        Ok(())
+    }
+}
+
+impl MongoArgs {
+    fn load_uri_file(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.mongodb_uri_file {
+            self.mongodb_uri = crate::secrets::read_secret_file(path, "--mongodb-uri-file")?;
+        }
+        Ok(())
+    }
+}
+
+impl Command {
+    /// The stores a subcommand reaches, with the settings it reaches them by.
+    pub fn stores(&self) -> (Option<&KafkaArgs>, Option<&RedisArgs>, Option<&MongoArgs>) {
+        match self {
+            Command::Ingress(s) => (Some(&s.kafka), None, None),
+            Command::Consumer(s) => (Some(&s.kafka), Some(&s.redis), Some(&s.mongo)),
+            Command::Logs(s) => (None, Some(&s.redis), Some(&s.mongo)),
+            Command::All(s) => (Some(&s.kafka), Some(&s.redis), Some(&s.mongo)),
+            Command::Recount(s) => (Some(&s.kafka), Some(&s.redis), None),
+        }
+    }
+
+    /// Reads the secret files the flags name (--redis-url-file, --mongodb-uri-file,
+    /// --kafka-options-file) into the settings and checks the Kafka options; once, at start.
+    /// Errors name the flag and the file, never a secret.
+    pub fn load_secrets(&mut self) -> anyhow::Result<()> {
+        let (kafka, redis, mongo) = match self {
+            Command::Ingress(s) => (Some(&mut s.kafka), None, None),
+            Command::Consumer(s) => (Some(&mut s.kafka), Some(&mut s.redis), Some(&mut s.mongo)),
+            Command::Logs(s) => (None, Some(&mut s.redis), Some(&mut s.mongo)),
+            Command::All(s) => (Some(&mut s.kafka), Some(&mut s.redis), Some(&mut s.mongo)),
+            Command::Recount(s) => (Some(&mut s.kafka), Some(&mut s.redis), None),
+        };
+        if let Some(kafka) = kafka {
+            kafka.load_options()?;
+        }
+        if let Some(redis) = redis {
+            redis.load_url_file()?;
+        }
+        if let Some(mongo) = mongo {
+            mongo.load_uri_file()?;
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {

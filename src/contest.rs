@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::kafka_options::{KafkaOptions, PassThrough};
 use crate::schema::redis::Window;
 
 /// When votes count: from `opens_at` (inclusive) to `closes_at` (exclusive);
@@ -107,12 +108,18 @@ pub fn is_final(end: &BTreeMap<String, i64>, counted: &BTreeMap<String, i64>) ->
 /// Each partition's high watermark (the offset the next record will get) of
 /// `topic`: what a partition holds, read by a plain client outside any group.
 /// Blocks its thread for up to about `timeout` per request.
-pub fn end_offsets(brokers: &str, topic: &str, timeout: Duration) -> Result<BTreeMap<i32, i64>, String> {
+pub fn end_offsets(
+    brokers: &str,
+    options: &KafkaOptions,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, String> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.auto.commit", "false")
+        .pass_through(options)
         .create()
         .map_err(|e| format!("kafka: {e}"))?;
     let metadata = client

@@ -7,13 +7,16 @@
 pub mod config;
 pub mod consumer;
 pub mod contest;
+pub mod credentials;
 pub mod ingress;
+pub mod kafka_options;
 pub mod log_entry;
 pub mod logs;
 pub mod ops;
 pub mod recount;
 pub mod schema;
 pub mod serving;
+pub mod secrets;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;

@@ -10,8 +10,22 @@ use votestream::logs::LogsApp;
 use votestream::shutdown::{self, stop_all_after};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     votestream::telemetry::init();
+    // Secrets from files, then the credentials tried once (issue 15): a refusal stops here.
+    let prepared = cli
+        .command
+        .load_secrets()
+        .and_then(|()| runtime()?.block_on(votestream::credentials::check(&cli.command)));
+    if let Err(e) = prepared {
+        eprintln!("votestream: {e:#}");
+        // Recount's exit status 2: could not recount.
+        std::process::exit(if matches!(cli.command, Command::Recount(_)) {
+            2
+        } else {
+            1
+        });
+    }
     match cli.command {
         Command::Ingress(settings) => runtime()?.block_on(async {
             let ingress = Ingress::build(&settings)?;

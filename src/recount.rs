@@ -19,6 +19,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::RecountSettings;
 use crate::consumer::{Batcher, ConsumerMetrics, Entry, RedisWriter, Sink, WriteFailure};
+use crate::kafka_options::PassThrough;
 use crate::schema::redis::{RedisKeys, Standings, offsets_field, offsets_partition, standings_digest};
 use crate::stores::redis_pool;
 use crate::vote::VoteRecord;
@@ -236,6 +237,7 @@ async fn replay(
         .set("group.id", format!("votestream-recount-{}", uuid::Uuid::now_v7()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .pass_through(&settings.kafka.kafka_options)
         .create()
         .context("kafka: creating the reader")?;
     let mut assignment = TopicPartitionList::new();

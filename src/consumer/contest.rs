@@ -14,6 +14,7 @@ use deadpool_redis::redis::{self, AsyncCommands, Script};
 use tokio::sync::watch;
 
 use crate::contest::{Phase, Status, VotingWindow, end_offsets, is_final};
+use crate::kafka_options::KafkaOptions;
 use crate::schema::redis::{RedisKeys, offsets_field};
 use crate::stores::{STORE_TIMEOUT, redis_pool};
 use crate::vote::format_instant;
@@ -30,6 +31,7 @@ pub struct ContestWatch {
     pub keys: RedisKeys,
     pub redis_url: String,
     pub brokers: String,
+    pub kafka_options: KafkaOptions,
     pub topic: String,
 }
 
@@ -106,8 +108,8 @@ impl ContestWatch {
         if taken {
             return Ok(());
         }
-        let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
-        let ends = tokio::task::spawn_blocking(move || end_offsets(&brokers, &topic, Duration::from_secs(5)))
+        let (brokers, options, topic) = (self.brokers.clone(), self.kafka_options.clone(), self.topic.clone());
+        let ends = tokio::task::spawn_blocking(move || end_offsets(&brokers, &options, &topic, Duration::from_secs(5)))
             .await
             .map_err(|e| format!("kafka: {e}"))??;
         let script = Script::new(TAKE_END);

@@ -173,6 +173,7 @@ async fn serve(
         keys: config.keys.clone(),
         redis_url: settings.redis.redis_url.clone(),
         brokers: settings.kafka.kafka_brokers.clone(),
+        kafka_options: settings.kafka.kafka_options.clone(),
         topic: settings.kafka.votes_topic.clone(),
     };
     actix::spawn(watch.run(stop_rx.clone()));

@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::{KafkaArgs, ProducerArgs};
+use crate::kafka_options::PassThrough;
 use crate::vote::VoteRecord;
 
 /// Why Kafka did not acknowledge a vote. None of these is the client's fault:
@@ -78,6 +79,7 @@ impl VoteProducer {
             // After a broker outage, reconnect within a second rather than librdkafka's 10 s
             // default, so the ingress serves again soon after Kafka returns.
             .set("reconnect.backoff.max.ms", "1000")
+            .pass_through(&kafka.kafka_options)
             .create()?;
         Ok(VoteProducer {
             producer,

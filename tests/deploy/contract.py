@@ -18,7 +18,11 @@ NAMESPACE = "votestream"
 PART_OF = {"app.kubernetes.io/part-of": "votestream"}
 
 # Per subcommand: the HTTP listener (its address variable and default port),
-# the paths it serves, and the gRPC listener where there is one.
+# the paths it serves, and the gRPC listener where there is one; whether that
+# listener is public (the consumer's serves only /healthz, /readyz and
+# /metrics: it is its admin port); and the variable that moves /healthz,
+# /readyz and /metrics to an admin port of their own (ADMIN_ADDR: unset, they
+# stay on the HTTP listener).
 SUBCOMMANDS = {
     "ingress": {
         "http_env": "HTTP_ADDR",
@@ -26,25 +30,29 @@ SUBCOMMANDS = {
         "paths": {"/healthz", "/readyz", "/metrics", "/votes"},
         "grpc_env": "GRPC_ADDR",
         "grpc_port": 50051,
+        "public": True,
+        "admin_env": "ADMIN_ADDR",
     },
     "consumer": {
         "http_env": "CONSUMER_HTTP_ADDR",
         "http_port": 9100,
         "paths": {"/healthz", "/readyz", "/metrics"},
+        "public": False,
     },
     "logs": {
         "http_env": "LOGS_ADDR",
         "http_port": 8081,
         "paths": {"/", "/logs", "/logs/stream", "/results", "/healthz", "/readyz", "/metrics"},
+        "public": True,
+        "admin_env": "ADMIN_ADDR",
     },
 }
 PROBE_PATHS = {"/healthz", "/readyz"}
+ADMIN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 # Read by the binary besides its flags: the log filter, and Cloud Run's port
 # (which wins over LOGS_ADDR's port in the logs app).
 EXTRA_ENV = {"RUST_LOG", "PORT"}
-
-
 def binary_env_names() -> set[str]:
     """Every environment variable a flag of the binary reads (src/config.rs)."""
     text = (ROOT / "src" / "config.rs").read_text()

@@ -1,7 +1,8 @@
 """Checks that Grafana gets this repository's provisioning: every file of
 grafana-provisioning/ mounted where Grafana reads it, the dashboards provider
 pointed at its mounted folder, the Redis data source at the redis Service,
-and every data source URL taken from a variable the container sets.
+and every data source URL, user and password taken from a variable the
+container sets.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def grafana_errors(docs: list[Doc], provisioning: Path) -> list[str]:
     redis_ok = re.compile(r"(redis://)?redis(\.votestream(\.svc(\.cluster\.local)?)?)?:6379/?")
     for f in sorted((provisioning / "datasources").glob("*.y*ml")):
         for ds in (yaml.safe_load(f.read_text()) or {}).get("datasources", []):
+            # Every variable a data source names (its user, a password) is one Grafana has.
+            for value in _strings(ds):
+                for var in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", value):
+                    if var not in env:
+                        errors.append(f"{f.name}: data source {ds.get('name')} reads ${var}, which Grafana's container lacks")
             url = str(ds.get("url", ""))
             var = re.fullmatch(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", url)
             if var:
@@ -67,3 +73,14 @@ def grafana_errors(docs: list[Doc], provisioning: Path) -> list[str]:
             elif ds.get("type") == "redis-datasource" and not redis_ok.fullmatch(url):
                 errors.append(f"{f.name}: data source url {url} does not reach the redis Service")
     return errors
+
+
+def _strings(node) -> list[str]:
+    """Every string inside a YAML document."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return []

@@ -225,6 +225,34 @@ def container_env(docs: list[Doc], container: Doc) -> dict[str, str]:
     return env
 
 
+def strimzi_secret_names(docs: list[Doc]) -> set[tuple[str | None, str]]:
+    """The Secrets Strimzi makes at run time, which pods may mount: each Kafka
+    cluster's `<name>-cluster-ca-cert` (the CA its clients trust) and each
+    KafkaUser's own."""
+    names = {(k["metadata"].get("namespace"), f"{k['metadata']['name']}-cluster-ca-cert") for k in find(docs, "Kafka")}
+    names |= {(u["metadata"].get("namespace"), u["metadata"]["name"]) for u in find(docs, "KafkaUser")}
+    return names
+
+
+def strimzi_pods(docs: list[Doc]) -> list[tuple[str | None, dict[str, str]]]:
+    """(namespace, labels) of the pods Strimzi runs for each KafkaNodePool, with
+    the labels it gives them (cluster, kind, name, pool, and each role)."""
+    pods = []
+    for pool in find(docs, "KafkaNodePool"):
+        cluster = pool["metadata"].get("labels", {}).get("strimzi.io/cluster", "")
+        labels = {
+            "strimzi.io/cluster": cluster,
+            "strimzi.io/kind": "Kafka",
+            "strimzi.io/name": f"{cluster}-kafka",
+            "strimzi.io/pool-name": pool["metadata"]["name"],
+            "app.kubernetes.io/part-of": f"strimzi-{cluster}",
+        }
+        for role in pool["spec"].get("roles", []):
+            labels[f"strimzi.io/{role}-role"] = "true"
+        pods.append((pool["metadata"].get("namespace"), labels))
+    return pods
+
+
 def reference_errors(docs: list[Doc]) -> list[str]:
     """Services, StatefulSets, HPAs, Ingresses and NetworkPolicies point at things
     that exist; pods reference existing ConfigMaps, Secrets, keys and volumes."""
@@ -250,8 +278,19 @@ def reference_errors(docs: list[Doc]) -> list[str]:
             for v in spec.get("volumes", []):
                 if "configMap" in v and not get("ConfigMap", ns, v["configMap"]["name"]):
                     errors.append(f"{ident(w)}: volume {v['name']}: no ConfigMap {v['configMap']['name']}")
-                if "secret" in v and not get("Secret", ns, v["secret"]["secretName"]):
+                if (
+                    "secret" in v
+                    and not get("Secret", ns, v["secret"]["secretName"])
+                    and (ns, v["secret"]["secretName"]) not in strimzi_secret_names(docs)
+                ):
                     errors.append(f"{ident(w)}: volume {v['name']}: no Secret {v['secret']['secretName']}")
+                elif "secret" in v and get("Secret", ns, v["secret"]["secretName"]):
+                    data = get("Secret", ns, v["secret"]["secretName"]).get("data", {})
+                    for item in v["secret"].get("items", []):
+                        if item["key"] not in data:
+                            errors.append(
+                                f"{ident(w)}: volume {v['name']}: Secret {v['secret']['secretName']} has no key {item['key']}"
+                            )
             for c in containers(spec):
                 where = f"{ident(w)}: container {c['name']}"
                 for m in c.get("volumeMounts", []):
@@ -288,7 +327,7 @@ def reference_errors(docs: list[Doc]) -> list[str]:
         if not pods:
             errors.append(f"{ident(svc)}: selector {selector} matches no workload's pods")
             continue
-        for port in svc["spec"]["ports"]:
+        for port in svc["spec"].get("ports", []):
             target = port.get("targetPort", port["port"])
             declared = [
                 p
@@ -300,7 +339,7 @@ def reference_errors(docs: list[Doc]) -> list[str]:
             ]
             if not declared:
                 errors.append(f"{ident(svc)}: targetPort {target} is no container port of the selected pods")
-        node_port = [p["nodePort"] for p in svc["spec"]["ports"] if "nodePort" in p]
+        node_port = [p["nodePort"] for p in svc["spec"].get("ports", []) if "nodePort" in p]
         if any(not 30000 <= n <= 32767 for n in node_port):
             errors.append(f"{ident(svc)}: nodePort outside the default range 30000-32767")
 
@@ -341,13 +380,16 @@ def reference_errors(docs: list[Doc]) -> list[str]:
                     )
 
     pod_labels = [(w["metadata"].get("namespace"), template_labels(w)) for w in workloads(docs)]
+    pod_labels += strimzi_pods(docs)
     for pol in find(docs, "NetworkPolicy"):
         ns = pol["metadata"].get("namespace")
+        # Peers in this namespace (those with a namespaceSelector are pods elsewhere).
         selectors = [pol["spec"]["podSelector"]] + [
             peer["podSelector"]
-            for rule in pol["spec"].get("ingress", [])
-            for peer in rule.get("from", [])
-            if "podSelector" in peer
+            for direction, side in (("ingress", "from"), ("egress", "to"))
+            for rule in pol["spec"].get(direction, [])
+            for peer in rule.get(side, [])
+            if "podSelector" in peer and "namespaceSelector" not in peer
         ]
         for sel in selectors:
             if not any(n == ns and label_selector_matches(sel, labels) for n, labels in pod_labels):
@@ -397,17 +439,18 @@ def application_errors(docs: list[Doc]) -> list[str]:
     conf = settings(docs)
     if not conf:
         return ["no ConfigMap votestream-config"]
-    # Kafka bootstrap: <cluster>-kafka-bootstrap:<port of a plaintext listener>.
+    # Kafka bootstrap: <cluster>-kafka-bootstrap:<port of an internal listener>
+    # (how the clients secure and authenticate on it: security_checks.py).
     brokers = conf.get("KAFKA_BROKERS", "")
     m = re.fullmatch(r"([a-z0-9-]+)-kafka-bootstrap(?:\.[a-z0-9.-]+)?:(\d+)", brokers)
     kafkas = {k["metadata"]["name"]: k for k in find(docs, "Kafka")}
     if not m or m.group(1) not in kafkas:
         errors.append(f"KAFKA_BROKERS={brokers} is not the bootstrap Service of a Kafka here")
     elif not any(
-        listener["port"] == int(m.group(2)) and not listener["tls"] and listener["type"] == "internal"
+        listener["port"] == int(m.group(2)) and listener["type"] == "internal"
         for listener in kafkas[m.group(1)]["spec"]["kafka"]["listeners"]
     ):
-        errors.append(f"KAFKA_BROKERS={brokers}: no plaintext internal listener on that port")
+        errors.append(f"KAFKA_BROKERS={brokers}: no internal listener on that port")
 
     topics = {topic_name(t): t for t in find(docs, "KafkaTopic")}
     max_consumers = max(

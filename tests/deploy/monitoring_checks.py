@@ -7,7 +7,8 @@ and of the rules it evaluates (PrometheusRule).
   of alerting rules call it on the rendered manifests.
 - `monitor_errors(docs)`: each PodMonitor selects pods that exist, on a port
   they all declare and, for votestream's containers, on the port and path
-  that serve /metrics; every votestream workload is scraped by one PodMonitor.
+  that serve /metrics (the admin port); every votestream workload is scraped
+  by one PodMonitor.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from manifest_checks import (
     template_labels,
     workloads,
 )
-from pod_checks import http_port_of, subcommand
+from pod_checks import admin_port_of, subcommand
 
 GROUP = "monitoring.coreos.com"
 
@@ -77,10 +78,10 @@ def monitor_errors(docs: list[Doc]) -> list[str]:
                     sub = subcommand(c)
                     if not is_project(c) or sub is None:
                         continue
-                    if p["containerPort"] != http_port_of(docs, c):
+                    if p["containerPort"] != admin_port_of(docs, c):
                         errors.append(
                             f"{where}: port {port} of {ident(w)} is {p['containerPort']}, "
-                            f"but {sub} serves /metrics on {http_port_of(docs, c)}"
+                            f"but {sub} serves /metrics on {admin_port_of(docs, c)}"
                         )
                     path = endpoint.get("path", "/metrics")
                     if path != "/metrics" or path not in SUBCOMMANDS[sub]["paths"]:

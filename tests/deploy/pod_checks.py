@@ -96,7 +96,9 @@ def _image_errors(where: str, image: str) -> list[str]:
 
 def votestream_container_errors(docs: list[Doc]) -> list[str]:
     """The project's containers: a known subcommand, variables the binary reads,
-    and probes on the port and paths that subcommand serves."""
+    /healthz, /readyz and /metrics on an admin port apart from the public one
+    (ADMIN_ADDR for the ingress and the logs app), probes on that port and on
+    paths it serves, and the public ports declared that the container serves."""
     errors = []
     known = binary_env_names()
     for w in workloads(docs):
@@ -118,9 +120,19 @@ def votestream_container_errors(docs: list[Doc]) -> list[str]:
                 env = container_env(docs, c)
                 served = SUBCOMMANDS[sub]
                 http_port = http_port_of(docs, c)
+                admin_port = admin_port_of(docs, c)
                 ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
-                if http_port not in ports.values():
+                if "admin_env" in served and served["admin_env"] not in env:
+                    errors.append(
+                        f"{where}: no {served['admin_env']}: /metrics and the probes would share the public port"
+                    )
+                if admin_port not in ports.values():
+                    errors.append(f"{where}: the {sub} admin port {admin_port} is not a container port")
+                serves_http = sub != "ingress" or env.get("NO_HTTP_VOTES", "false") != "true"
+                if serves_http and served["public"] and http_port not in ports.values():
                     errors.append(f"{where}: the {sub} HTTP port {http_port} is not a container port")
+                if not serves_http and http_port in ports.values() and http_port != admin_port:
+                    errors.append(f"{where}: NO_HTTP_VOTES is set but the HTTP port {http_port} is declared")
                 for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                     if probe not in c:
                         continue
@@ -129,9 +141,9 @@ def votestream_container_errors(docs: list[Doc]) -> list[str]:
                         errors.append(f"{where}: {probe} is not an HTTP probe of /healthz or /readyz")
                         continue
                     port = ports.get(get["port"], get["port"])
-                    if port != http_port:
+                    if port != admin_port:
                         errors.append(
-                            f"{where}: {probe} on port {get['port']}, but {sub} serves HTTP on {http_port}"
+                            f"{where}: {probe} on port {get['port']}, but {sub} serves its probes on {admin_port}"
                         )
                     if get.get("path") not in served["paths"] & PROBE_PATHS:
                         errors.append(f"{where}: {probe} path {get.get('path')} is not served by {sub}")
@@ -154,13 +166,39 @@ def subcommand(c: Doc) -> str | None:
 
 
 def http_port_of(docs: list[Doc], c: Doc) -> int | None:
-    """The port a project container serves /healthz, /readyz and /metrics on
-    (its subcommand's default, or the one its address variable sets)."""
+    """The port of a project container's HTTP listener (its subcommand's
+    default, or the one its address variable sets)."""
     sub = subcommand(c)
     if sub is None:
         return None
     served = SUBCOMMANDS[sub]
     return _port_of(container_env(docs, c).get(served["http_env"]), served["http_port"])
+
+
+def admin_port_of(docs: list[Doc], c: Doc) -> int | None:
+    """The port a project container serves /healthz, /readyz and /metrics on:
+    its admin address's (ADMIN_ADDR) when set, else its HTTP listener's."""
+    sub = subcommand(c)
+    if sub is None:
+        return None
+    admin = container_env(docs, c).get(SUBCOMMANDS[sub].get("admin_env", ""))
+    return _port_of(admin, 0) if admin else http_port_of(docs, c)
+
+
+def public_ports_of(docs: list[Doc], c: Doc) -> set[int]:
+    """The ports a project container serves the public on: the ingress's gRPC
+    and vote ports (unless turned off), the logs app's listener; none for the
+    consumer."""
+    sub = subcommand(c)
+    if sub is None or not SUBCOMMANDS[sub]["public"]:
+        return set()
+    env, served = container_env(docs, c), SUBCOMMANDS[sub]
+    ports = set()
+    if sub != "ingress" or env.get("NO_HTTP_VOTES", "false") != "true":
+        ports.add(http_port_of(docs, c))
+    if sub == "ingress" and env.get("NO_GRPC", "false") != "true":
+        ports.add(_port_of(env.get(served["grpc_env"]), served["grpc_port"]))
+    return ports - {admin_port_of(docs, c)}
 
 
 def _port_of(addr: str | None, default: int) -> int:

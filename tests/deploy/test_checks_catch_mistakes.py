@@ -3,6 +3,7 @@ mistake: the green results of test_manifests.py mean something."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import shutil
 
@@ -11,6 +12,7 @@ import pytest
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
+import security_checks
 from variants import KEDA_VERSIONS, PROMETHEUS_OPERATOR_VERSIONS, STRIMZI_VERSIONS, rendered
 from contract import ROOT
 from keda_checks import keda_errors, keda_schema_errors
@@ -215,8 +217,8 @@ def missing_configmap(docs):
 
 @mistake
 def missing_secret_key(docs):
-    env = container(docs, "StatefulSet", "consumer")["env"]
-    next(e for e in env if e["name"] == "REDIS_URL")["valueFrom"]["secretKeyRef"]["key"] = "REDIS_URI"
+    env = container(docs, "Deployment", "grafana")["env"]
+    next(e for e in env if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["key"] = "grafana-pasword"
 
 
 @mistake
@@ -255,7 +257,8 @@ def variable_the_binary_does_not_read(docs):
 @mistake
 def expansion_before_definition(docs):
     env = container(docs, "StatefulSet", "consumer")["env"]
-    env.insert(0, env.pop(next(i for i, e in enumerate(env) if e["name"] == "MONGODB_URI")))
+    env.insert(0, {"name": "MONGODB_URI", "value": "mongodb://$(MONGODB_USER)@mongodb:27017"})
+    env.append({"name": "MONGODB_USER", "value": "votestream"})
 
 
 @mistake
@@ -714,3 +717,194 @@ def deployment_without_budget(docs):
 )
 def test_a_disruption_budget_mistake_is_reported(make):
     assert mc.disruption_budget_errors(make()) != []
+
+
+# --- what keeps the deployment private (security_checks.py) ------------------------
+
+
+def _secret(docs, base_name):
+    return mc.find(docs, "Secret", mc.generated_name(docs, "Secret", base_name))[0]
+
+
+def _set_secret(docs, base_name, key, value):
+    _secret(docs, base_name)["data"][key] = base64.b64encode(value.encode()).decode()
+
+
+def _policy(docs, name):
+    return mc.find(docs, "NetworkPolicy", name)[0]
+
+
+@mistake
+def admin_port_published(docs):
+    svc = mc.find(docs, "Service", "ingress-http")[0]
+    svc["spec"]["ports"].append({"name": "admin", "port": 9090, "targetPort": "admin"})
+
+
+@mistake
+def metrics_port_behind_the_load_balancer(docs):
+    mc.find(docs, "Service", "logs")[0]["spec"]["ports"][0]["targetPort"] = "admin"
+
+
+@mistake
+def probe_on_the_public_port(docs):
+    container(docs, "Deployment", "ingress-http")["readinessProbe"]["httpGet"]["port"] = "http"
+
+
+@mistake
+def no_admin_address(docs):
+    env = container(docs, "Deployment", "logs")["env"]
+    env[:] = [e for e in env if e["name"] != "ADMIN_ADDR"]
+
+
+@mistake
+def scraping_the_public_port(docs):
+    mc.find(docs, "PodMonitor", "logs")[0]["spec"]["podMetricsEndpoints"][0]["port"] = "https"
+
+
+@mistake
+def default_deny_dropped(docs):
+    # Without it, a pod that no other policy selects is open to everyone.
+    docs.remove(_policy(docs, "default-deny"))
+    docs.remove(_policy(docs, "mongodb"))
+
+
+@mistake
+def redis_policy_dropped(docs):
+    # With the default deny, nobody reaches Redis any more.
+    docs.remove(_policy(docs, "redis"))
+
+
+@mistake
+def consumer_may_reach_anything(docs):
+    _policy(docs, "consumer")["spec"]["egress"].append({})
+
+
+@mistake
+def mongodb_open_to_anyone(docs):
+    del _policy(docs, "mongodb")["spec"]["ingress"][0]["from"]
+
+
+@mistake
+def kafka_listener_open_to_every_pod(docs):
+    del mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
+
+
+@mistake
+def prometheus_cannot_scrape_the_consumer(docs):
+    del _policy(docs, "consumer")["spec"]["ingress"]
+
+
+@mistake
+def no_dns(docs):
+    docs.remove(_policy(docs, "dns"))
+
+
+@mistake
+def unauthenticated_listener(docs):
+    del mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["listeners"][0]["authentication"]
+
+
+@mistake
+def no_acls_enforced(docs):
+    del mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["authorization"]
+
+
+@mistake
+def clients_without_tls(docs):
+    cm = mc.find(docs, "ConfigMap", mc.generated_name(docs, "ConfigMap", "votestream-config"))[0]
+    cm["data"]["KAFKA_OPTIONS"] = cm["data"]["KAFKA_OPTIONS"].replace("SASL_SSL", "SASL_PLAINTEXT")
+
+
+@mistake
+def ingress_may_read_votes(docs):
+    mc.find(docs, "KafkaUser", "ingress")[0]["spec"]["authorization"]["acls"][0]["operations"].append("Read")
+
+
+@mistake
+def consumer_logs_in_as_the_ingress(docs):
+    volumes = pod_specs(mc.find(docs, "StatefulSet", "consumer")[0])[0]["volumes"]
+    kafka = next(v for v in volumes if v["name"] == "kafka-credentials")
+    kafka["secret"]["secretName"] = mc.generated_name(docs, "Secret", "kafka-ingress")
+
+
+@mistake
+def kafka_password_out_of_step(docs):
+    _set_secret(docs, "kafka-consumer", "password", "change-me-another")
+
+
+@mistake
+def real_password_committed(docs):
+    _set_secret(docs, "votestream-stores", "redis-url", "redis://votestream:hunter2@redis:6379\n")
+
+
+@mistake
+def redis_user_password_out_of_step(docs):
+    acl = base64.b64decode(_secret(docs, "redis-users")["data"]["users.acl"]).decode()
+    _set_secret(docs, "redis-users", "users.acl", acl.replace(">change-me-redis-grafana", ">change-me-other"))
+
+
+@mistake
+def redis_default_user_may_do_everything(docs):
+    acl = base64.b64decode(_secret(docs, "redis-users")["data"]["users.acl"]).decode()
+    _set_secret(docs, "redis-users", "users.acl", acl.replace("-@all +ping", "~* +@all"))
+
+
+@mistake
+def private_key_committed(docs):
+    _set_secret(docs, "votestream-tls", "tls.key", "-----BEGIN PRIVATE KEY-----\nMIIE...\n-----END PRIVATE KEY-----\n")
+
+
+@mistake
+def mongodb_uri_of_another_user(docs):
+    _set_secret(docs, "votestream-stores", "mongodb-uri", "mongodb://admin:change-me-mongodb@mongodb:27017/\n")
+
+
+@keda_mistake
+def keda_scaler_without_credentials(docs):
+    del mc.find(docs, "ScaledObject", "consumer")[0]["spec"]["triggers"][0]["authenticationRef"]
+
+
+@keda_mistake
+def keda_shut_out_of_kafka(docs):
+    mc.find(docs, "Kafka", "votestream")[0]["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"].pop()
+
+
+SECURITY_CAUGHT_BY = {
+    admin_port_published: security_checks.exposure_errors,
+    metrics_port_behind_the_load_balancer: security_checks.exposure_errors,
+    probe_on_the_public_port: pod_checks.votestream_container_errors,
+    no_admin_address: pod_checks.votestream_container_errors,
+    scraping_the_public_port: monitor_errors,
+    default_deny_dropped: security_checks.network_errors,
+    redis_policy_dropped: security_checks.network_errors,
+    consumer_may_reach_anything: security_checks.network_errors,
+    mongodb_open_to_anyone: security_checks.network_errors,
+    kafka_listener_open_to_every_pod: security_checks.network_errors,
+    prometheus_cannot_scrape_the_consumer: security_checks.network_errors,
+    no_dns: security_checks.network_errors,
+    unauthenticated_listener: security_checks.kafka_security_errors,
+    no_acls_enforced: security_checks.kafka_security_errors,
+    clients_without_tls: security_checks.kafka_security_errors,
+    ingress_may_read_votes: security_checks.kafka_security_errors,
+    consumer_logs_in_as_the_ingress: security_checks.kafka_security_errors,
+    kafka_password_out_of_step: security_checks.kafka_security_errors,
+    real_password_committed: security_checks.secret_errors,
+    redis_user_password_out_of_step: security_checks.secret_errors,
+    redis_default_user_may_do_everything: security_checks.secret_errors,
+    private_key_committed: security_checks.secret_errors,
+    mongodb_uri_of_another_user: security_checks.secret_errors,
+    keda_scaler_without_credentials: security_checks.kafka_security_errors,
+    keda_shut_out_of_kafka: security_checks.network_errors,
+}
+
+
+@pytest.mark.parametrize("make", list(SECURITY_CAUGHT_BY), ids=lambda f: f.__name__)
+def test_a_security_mistake_is_reported(make):
+    assert SECURITY_CAUGHT_BY[make](make()) != []
+
+
+def test_a_data_source_password_grafana_lacks_is_reported():
+    docs = rendered("base")
+    env = container(docs, "Deployment", "grafana")["env"]
+    env[:] = [e for e in env if e["name"] != "REDIS_PASSWORD"]
+    assert grafana_checks.grafana_errors(docs, ROOT / "grafana-provisioning") != []

@@ -2,8 +2,9 @@
 `kubectl kustomize` as `kubectl apply -k` would, checked offline: Kubernetes'
 own schemas and the CRDs of Strimzi, KEDA and the Prometheus Operator with
 unknown fields rejected, cross-references, pod hardening, disruption budgets,
-scraping and autoscaling, and agreement with what the votestream binary
-serves and reads."""
+scraping and autoscaling, agreement with what the votestream binary serves
+and reads, and what keeps it private: NetworkPolicies, admin ports no
+Service publishes, Kafka users and ACLs, placeholder Secrets that agree."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 import grafana_checks
 import manifest_checks as mc
 import pod_checks
+import security_checks
 from variants import (
     K8S,
     K8S_VERSIONS,
@@ -106,6 +108,22 @@ def test_settings_agree_with_kafka_topics_and_consumer_scaling(docs):
     assert mc.application_errors(docs) == []
 
 
+def test_network_policies_let_through_exactly_what_must_talk(docs):
+    assert security_checks.network_errors(docs) == []
+
+
+def test_services_publish_only_public_ports_never_an_admin_port(docs):
+    assert security_checks.exposure_errors(docs) == []
+
+
+def test_kafka_clients_log_in_over_tls_as_users_allowed_only_what_they_do(docs):
+    assert security_checks.kafka_security_errors(docs) == []
+
+
+def test_secrets_are_agreeing_placeholders(docs):
+    assert security_checks.secret_errors(docs) == []
+
+
 def test_grafana_provisioning_is_mounted_where_grafana_reads_it(docs):
     assert grafana_checks.grafana_errors(docs, ROOT / "grafana-provisioning") == []
 
@@ -154,7 +172,13 @@ def test_the_base_holds_every_component_of_the_deployment(base):
         "one Pod runs two containers"
     )
     assert mc.generated_name(base, "ConfigMap", "votestream-config")
-    assert mc.generated_name(base, "Secret", "votestream-secrets")
+    for secret in ("votestream-secrets", "votestream-stores", "redis-users", "kafka-ingress", "kafka-consumer"):
+        assert mc.generated_name(base, "Secret", secret), secret
+    assert mc.find(base, "Secret", mc.generated_name(base, "Secret", "votestream-tls"))[0]["type"] == "kubernetes.io/tls"
+    assert mc.generated_name(base, "Secret", "votestream-jwks")
+    assert {u["metadata"]["name"] for u in mc.find(base, "KafkaUser")} == {"ingress", "consumer", "operator"}
+    (deny,) = mc.find(base, "NetworkPolicy", "default-deny")
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
 
 
 def test_the_base_scales_the_consumer_on_cpu_and_the_keda_overlay_on_its_groups_lag():

@@ -13,4 +13,5 @@ mod listeners;
 mod logs;
 mod operations;
 mod pipeline;
+mod secure_stores;
 mod smoke;

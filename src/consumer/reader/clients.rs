@@ -15,6 +15,7 @@ use super::ReaderConfig;
 use crate::consumer::metrics::ConsumerMetrics;
 use crate::consumer::rebalance::ReaderContext;
 use crate::consumer::sink::Backoff;
+use crate::kafka_options::PassThrough;
 
 /// The group consumer of the votes topic.
 pub(super) type VotesConsumer = StreamConsumer<ReaderContext>;
@@ -57,6 +58,7 @@ pub(super) fn votes_consumer(config: &ReaderConfig, metrics: Arc<ConsumerMetrics
         .set("fetch.max.bytes", "4194304")
         // Feeds the lag gauge and Kafka's readiness.
         .set("statistics.interval.ms", "2000")
+        .pass_through(&config.kafka_options)
         .create_with_context(context)
 }
 
@@ -75,6 +77,7 @@ impl DeadLetters {
             .set("bootstrap.servers", &config.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            .pass_through(&config.kafka_options)
             .create()?;
         Ok(DeadLetters {
             producer,

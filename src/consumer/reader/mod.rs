@@ -42,6 +42,7 @@ use super::mongo_sink::MongoLogger;
 use super::redis_sink::RedisAggregator;
 use super::sink::Backoff;
 use crate::config::{ConsumerSettings, RebalanceProtocol};
+use crate::kafka_options::KafkaOptions;
 use crate::schema::redis::RedisKeys;
 use crate::vote::Rules;
 use read_loop::ReadLoop;
@@ -50,6 +51,8 @@ use read_loop::ReadLoop;
 #[derive(Clone)]
 pub struct ReaderConfig {
     pub brokers: String,
+    /// Pass-through librdkafka options (`--kafka-option`), for both of the reader's clients.
+    pub kafka_options: KafkaOptions,
     pub topic: String,
     pub dlq_topic: String,
     pub group: String,
@@ -76,6 +79,7 @@ impl ReaderConfig {
     pub fn from_settings(s: &ConsumerSettings) -> ReaderConfig {
         ReaderConfig {
             brokers: s.kafka.kafka_brokers.clone(),
+            kafka_options: s.kafka.kafka_options.clone(),
             topic: s.kafka.votes_topic.clone(),
             dlq_topic: s.kafka.dlq_topic.clone(),
             group: s.consumer.consumer_group.clone(),

@@ -136,6 +136,8 @@ pub struct PrivateMongo {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// With authentication on: the user it creates in `admin` at its first start.
+    user: Option<(String, String)>,
 }
 
 impl PrivateMongo {
@@ -149,7 +151,30 @@ impl PrivateMongo {
         let dir = dir.join("ferretdb");
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::create_dir_all(dir.join("state"))?;
-        let mut mongo = PrivateMongo { child: None, port, dir };
+        let mut mongo = PrivateMongo {
+            child: None,
+            port,
+            dir,
+            user: None,
+        };
+        mongo.start_again()?;
+        Ok(mongo)
+    }
+
+    /// Starts it on a free port with authentication on (FerretDB 1.x's
+    /// experimental SCRAM-SHA-256 authentication, `--test-enable-new-auth`):
+    /// every command but the handshake needs a user, and `user` with
+    /// `password` is created in the `admin` database at the first start.
+    pub fn start_with_user(dir: &Path, user: &str, password: &str) -> anyhow::Result<PrivateMongo> {
+        let dir = dir.join("ferretdb");
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::create_dir_all(dir.join("state"))?;
+        let mut mongo = PrivateMongo {
+            child: None,
+            port: free_port()?,
+            dir,
+            user: Some((user.to_owned(), password.to_owned())),
+        };
         mongo.start_again()?;
         Ok(mongo)
     }
@@ -180,15 +205,21 @@ impl PrivateMongo {
             binary.display()
         );
         let log = self.dir.join("ferretdb.log");
-        let mut child = spawn(
-            Command::new(binary)
-                .arg("--handler=sqlite")
-                .arg(format!("--sqlite-url=file:{}/", self.dir.join("data").display()))
-                .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
-                .arg(format!("--state-dir={}", self.dir.join("state").display()))
-                .args(["--telemetry=disable", "--debug-addr=-", "--log-level=warn"]),
-            &log,
-        )?;
+        let mut command = Command::new(binary);
+        command
+            .arg("--handler=sqlite")
+            .arg(format!("--sqlite-url=file:{}/", self.dir.join("data").display()))
+            .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
+            .arg(format!("--state-dir={}", self.dir.join("state").display()))
+            .args(["--telemetry=disable", "--debug-addr=-", "--log-level=warn"]);
+        if let Some((user, password)) = &self.user {
+            // The password through the environment, not the command line.
+            command
+                .args(["--test-enable-new-auth", "--setup-database=admin"])
+                .arg(format!("--setup-username={user}"))
+                .env("FERRETDB_SETUP_PASSWORD", password);
+        }
+        let mut child = spawn(&mut command, &log)?;
         wait_for_port(self.port, &mut child, &log)?;
         self.child = Some(child);
         Ok(())

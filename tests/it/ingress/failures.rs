@@ -117,18 +117,24 @@ struct PrivateKafka {
     dir: PathBuf,
     port: u16,
     controller_port: u16,
+    /// The SASL and SASL-over-TLS listeners scripts/stack adds (unused here).
+    sasl_ports: [u16; 2],
 }
 
 impl PrivateKafka {
     async fn start() -> PrivateKafka {
-        let port = free_port();
-        let controller_port = std::iter::repeat_with(free_port)
-            .find(|p| *p != port)
-            .expect("a second free port");
+        let mut ports = Vec::new();
+        while ports.len() < 4 {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
         let kafka = PrivateKafka {
             dir: std::env::temp_dir().join(unique("votestream-private-kafka")),
-            port,
-            controller_port,
+            port: ports[0],
+            controller_port: ports[1],
+            sasl_ports: [ports[2], ports[3]],
         };
         kafka.stack("up").await;
         kafka
@@ -144,7 +150,9 @@ impl PrivateKafka {
             .args([action, "kafka"])
             .env("STACK_DIR", &self.dir)
             .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string());
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SASL_PORT", self.sasl_ports[0].to_string())
+            .env("KAFKA_SASL_TLS_PORT", self.sasl_ports[1].to_string());
         command
     }
 
