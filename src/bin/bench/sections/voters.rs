@@ -17,7 +17,7 @@ struct Memory {
     ratings: i64,
     voters: i64,
     seen: i64,
-    /// `MEMORY USAGE ... SAMPLES 0` of `voters:ratings`, `voters:seen`, `votes:seen`.
+    /// `MEMORY USAGE ... SAMPLES 10000` of `voters:ratings`, `voters:seen`, `votes:seen`.
     ratings_bytes: i64,
     voters_bytes: i64,
     seen_bytes: i64,
@@ -109,6 +109,10 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
     Ok(())
 }
 
+/// Fields `MEMORY USAGE` averages over: every field (`SAMPLES 0`) of a hash of
+/// a million takes longer than a Redis reply may.
+const MEMORY_SAMPLES: i64 = 10_000;
+
 async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<i64> {
     let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
     info.lines()
@@ -127,7 +131,7 @@ async fn measure(
             .arg("USAGE")
             .arg(key)
             .arg("SAMPLES")
-            .arg(0)
+            .arg(MEMORY_SAMPLES)
             .query_async(conn)
             .await?;
         Ok(bytes.unwrap_or(0))
