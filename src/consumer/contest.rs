@@ -68,12 +68,11 @@ impl ContestWatch {
                 if now >= closes + grace {
                     self.take_end(&mut conn).await?;
                 }
-                let end: BTreeMap<String, i64> = conn
+                // The end offsets and the counted ones in one round trip.
+                let (end, counted): (BTreeMap<String, i64>, BTreeMap<String, i64>) = redis::pipe()
                     .hgetall(&self.keys.contest_end)
-                    .await
-                    .map_err(|e| format!("redis: {e}"))?;
-                let counted: BTreeMap<String, i64> = conn
                     .hgetall(&self.keys.offsets)
+                    .query_async(&mut *conn)
                     .await
                     .map_err(|e| format!("redis: {e}"))?;
                 if is_final(&end, &counted) {

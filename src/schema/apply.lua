@@ -40,8 +40,10 @@ local function chunk_of(r)
   if not c then
     c = {}
     local stored_chunk = redis.call('HGET', outcomes, name) or ''
-    for n = 1, CHUNK do c[n] = string.sub(stored_chunk, n, n) end
-    for n = 1, CHUNK do if c[n] == '' then c[n] = '-' end end
+    for n = 1, CHUNK do
+      local letter = string.sub(stored_chunk, n, n)
+      c[n] = letter ~= '' and letter or '-'
+    end
     chunks[name] = c
   end
   return name, c, (r.o % CHUNK) + 1

@@ -10,4 +10,4 @@ mod failures;
 mod limits;
 mod operations;
 mod shutdown;
-mod support;
+pub(crate) mod support;

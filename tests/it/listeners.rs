@@ -90,25 +90,7 @@ async fn stopped_by(stopped: oneshot::Receiver<()>) {
 
 /// `votestream ingress` on free ports with `extra` flags, producing to `topic`.
 pub async fn ingress(topic: &str, extra: &[&str]) -> Running {
-    let brokers = kafka_brokers();
-    let mut args = vec![
-        "votestream",
-        "ingress",
-        "--kafka-brokers",
-        &brokers,
-        "--votes-topic",
-        topic,
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--http-workers",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    let Command::Ingress(settings) = Cli::try_parse_from(args).expect("valid ingress flags").command else {
-        panic!("ingress settings")
-    };
+    let settings = crate::ingress::support::settings(&kafka_brokers(), topic, extra);
     let ingress = Ingress::build(&settings).expect("the ingress builds");
     let (http, grpc, admin) = (ingress.http_addr(), ingress.grpc_addr(), ingress.admin_addr());
     Running::spawn(http, grpc, admin, |stopped| {

@@ -10,16 +10,7 @@ use super::certs::{Pki, path};
 use super::{ingress, logs_app};
 use crate::common::TempTopic;
 
-fn vote(name: &str) -> votestream::proto::Vote {
-    votestream::proto::Vote {
-        name: Some(name.into()),
-        album: Some("Jamás".into()),
-        year: Some(1997),
-        rank: Some(8.5),
-        voter: None,
-        request_id: None,
-    }
-}
+use crate::ingress::support::grpc_vote as vote;
 
 fn json_vote(name: &str) -> serde_json::Value {
     json!({"name": name, "album": "Álbum", "year": 2001, "rank": 7.25})
