@@ -30,36 +30,36 @@ local new_total, decided, new_voters, max_t = 0, 0, 0, 0
 local items = string.gmatch(ARGV[3], '[^\n]+')
 local function add(t, k, v) t[k] = (t[k] or 0) + v end
 -- Every decided record's letter, kept in `outcomes` in chunks of CHUNK offsets per partition
--- (field "<topic>/<partition>#<offset div CHUNK>", one character per offset, '-' for none),
--- so a replay tells each record's outcome exactly, forever.
+-- (field "<topic>/<partition>#<offset div CHUNK>", one character per offset, '-' or nothing for
+-- none), so a replay tells each record's outcome exactly, forever. A chunk is read once per batch
+-- and written back once: its stored string with the letters this batch set spliced in.
 local CHUNK = 1024
-local chunks, touched = {}, {}
+local chunks = {}
 local function chunk_of(r)
   local name = a.ranges[r.p].field .. '#' .. math.floor(r.o / CHUNK)
   local c = chunks[name]
   if not c then
-    c = {}
-    local stored_chunk = redis.call('HGET', outcomes, name) or ''
-    for n = 1, CHUNK do
-      local letter = string.sub(stored_chunk, n, n)
-      c[n] = letter ~= '' and letter or '-'
-    end
+    c = {stored = redis.call('HGET', outcomes, name) or '', set = {}}
     chunks[name] = c
   end
-  return name, c, (r.o % CHUNK) + 1
+  return c, (r.o % CHUNK) + 1
+end
+local function letter_at(c, at)
+  local letter = c.set[at] or string.sub(c.stored, at, at)
+  if letter == '' then return '-' end
+  return letter
 end
 for n, r in ipairs(a.records) do
   local item = items()
-  local seen = redis.call('HGET', votes_seen, r.i)
   local letter
   if r.o <= stored[r.p] then
     -- Decided before (a replay): tell what was decided, change nothing.
-    local _, c, at = chunk_of(r)
-    letter = c[at]
+    letter = letter_at(chunk_of(r))
     -- None stored: counted by a consumer from before outcomes, which counted every record.
     if letter == '-' then letter = 'c' end
   else
     if r.t > max_t then max_t = r.t end
+    local seen = redis.call('HGET', votes_seen, r.i)
     local seen_at = seen and tonumber(string.match(seen, '^(%d+)'))
     if seen_at and r.t - seen_at <= dedup then
       letter = 'd'
@@ -88,9 +88,9 @@ for n, r in ipairs(a.records) do
     if letter == 'c' or letter == 'x' then
       redis.call('HSET', votes_seen, r.i, r.t .. ' ' .. a.ranges[r.p].field .. ' ' .. r.o .. ' ' .. letter)
     end
-    local name, c, at = chunk_of(r)
-    c[at] = letter
-    touched[name] = true
+    local c, at = chunk_of(r)
+    c.set[at] = letter
+    c.lo, c.hi = math.min(c.lo or at, at), math.max(c.hi or at, at)
     outcome[letter] = outcome[letter] + 1
     add(route, r.r, 1)
     decided = decided + 1
@@ -101,7 +101,14 @@ end
 for n, r in ipairs(a.ranges) do
   if r.last > stored[n] then redis.call('HSET', offsets, r.field, r.last) end
 end
-for name in pairs(touched) do redis.call('HSET', outcomes, name, table.concat(chunks[name])) end
+for name, c in pairs(chunks) do
+  if c.lo then
+    local parts = {string.sub(c.stored, 1, c.lo - 1) .. string.rep('-', c.lo - 1 - #c.stored)}
+    for at = c.lo, c.hi do parts[#parts + 1] = letter_at(c, at) end
+    parts[#parts + 1] = string.sub(c.stored, c.hi + 1)
+    redis.call('HSET', outcomes, name, table.concat(parts))
+  end
+end
 local now_total = redis.call('INCRBY', total, new_total)
 if decided > 0 then
   for k, v in pairs(band) do redis.call('HINCRBY', by_band, k, v) end

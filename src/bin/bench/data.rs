@@ -71,6 +71,19 @@ pub fn votes(n: usize) -> Vec<VoteRecord> {
 /// `batches` batches of `batch_size` votes over `partitions` partitions, with
 /// consecutive offsets per partition, as the reader hands them to the sinks.
 pub fn batches(batches: usize, batch_size: usize, partitions: i32, topic: &str) -> Vec<SharedBatch> {
+    batches_of(batches, batch_size, partitions, topic, vote)
+}
+
+/// [`batches`] of the records `record(0)`, `record(1)`, ...; every record is
+/// marked counted (what Redis decides for anonymous votes), so a raw Mongo
+/// write can log them without Redis.
+pub fn batches_of(
+    batches: usize,
+    batch_size: usize,
+    partitions: i32,
+    topic: &str,
+    record: impl Fn(usize) -> VoteRecord,
+) -> Vec<SharedBatch> {
     let mut batcher = Batcher::new(batch_size, Duration::from_secs(3600));
     let mut prev = BTreeMap::new();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
@@ -85,7 +98,7 @@ pub fn batches(batches: usize, batch_size: usize, partitions: i32, topic: &str) 
                     Entry {
                         partition,
                         offset: *offset,
-                        vote: Some(vote(i)),
+                        vote: Some(record(i)),
                     },
                     now,
                 );
@@ -93,7 +106,6 @@ pub fn batches(batches: usize, batch_size: usize, partitions: i32, topic: &str) 
                 i += 1;
             }
             let batch = batcher.take(seq, topic, |p, last| prev.insert(p, last));
-            // What Redis decides for anonymous votes, so the raw Mongo writes can log them alone.
             let _ = batch.outcomes.set(vec![Outcome::Counted; batch.vote_count()]);
             Arc::new(batch)
         })

@@ -92,7 +92,9 @@ where
 }
 
 /// Deletes every Redis key that starts with `prefix` (SCAN, so a large
-/// database is not blocked the way KEYS would block it).
+/// database is not blocked the way KEYS would block it; UNLINK, so a hash of
+/// a million fields is freed in the background rather than within the reply,
+/// which could outlast the client's response timeout).
 pub async fn delete_prefix(conn: &mut MultiplexedConnection, prefix: &str) -> redis::RedisResult<()> {
     let mut cursor = 0u64;
     loop {
@@ -105,7 +107,7 @@ pub async fn delete_prefix(conn: &mut MultiplexedConnection, prefix: &str) -> re
             .query_async(conn)
             .await?;
         if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(keys).query_async(conn).await?;
+            let _: i64 = redis::cmd("UNLINK").arg(keys).query_async(conn).await?;
         }
         if next == 0 {
             return Ok(());

@@ -229,10 +229,17 @@ async fn consumer_drain(args: &Args, stack: &Stack, report: &mut Report, topic: 
     Ok(())
 }
 
+/// The raw section's sink figures: the Redis script and the Mongo insert.
+const RAW_SINKS: [(&str, &str); 2] = [("Redis", "raw.redis_apply"), ("Mongo", "raw.mongo_insert")];
+
 /// The target "`figure` >= 0.8x the slower of the raw Redis and Mongo
 /// rates", under `<key>_vs_slowest_sink`, when the report has all three.
 fn against_slowest_sink(report: &mut Report, figure: &str, key: &str, label: &str) {
-    let sinks = [("Redis", "raw.redis_apply"), ("Mongo", "raw.mongo_insert")];
+    against_slowest_of(report, figure, key, label, RAW_SINKS);
+}
+
+/// [`against_slowest_sink`] with the sinks' figures under `sinks` (name, key).
+fn against_slowest_of(report: &mut Report, figure: &str, key: &str, label: &str, sinks: [(&str, &str); 2]) {
     let slowest = sinks
         .iter()
         .filter_map(|(name, key)| report.median(key).map(|m| (*name, m)))

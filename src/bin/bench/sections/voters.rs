@@ -10,7 +10,7 @@ use votestream::schema::redis::RedisKeys;
 use super::{repeated, step};
 use crate::report::Report;
 use crate::stack::Stack;
-use crate::{Args, data, drain, raw};
+use crate::{Args, data, drain, raw, settings};
 
 /// What the rules keep in Redis after a contest backlog.
 struct Memory {
@@ -42,6 +42,9 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
                 .map(|i| data::contest_vote(i, voters))
                 .collect();
             raw::produce_with(&producer, &records).await?;
+        }
+        if (backlog, voters) == full {
+            raw_sinks(args, stack, report, backlog, voters).await?;
         }
         let reps = if (backlog, voters) == full { args.reps() } else { 1 };
         let mut memory = None;
@@ -105,7 +108,77 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
             );
         }
     }
-    super::against_slowest_sink(report, "contest.drain_records_per_s", "contest_drain", "contest drain");
+    super::against_slowest_of(
+        report,
+        "contest.drain_records_per_s",
+        "contest_drain",
+        "contest drain",
+        [("Redis", "contest.raw_redis_apply"), ("Mongo", "contest.raw_mongo_insert")],
+    );
+    // Beside it, against the raw section's figures (anonymous votes, 100
+    // batches into a fresh collection), when that section ran too.
+    let slowest = super::RAW_SINKS.iter().filter_map(|(_, key)| report.median(key)).reduce(f64::min);
+    if let (Some(slowest), Some(drain)) = (slowest, report.median("contest.drain_records_per_s")) {
+        report.add(
+            "contest.drain_vs_raw_section",
+            "contest drain / slowest sink of the raw section (anonymous votes, fresh collection)",
+            "x",
+            vec![drain / slowest],
+        );
+    }
+    Ok(())
+}
+
+/// The sinks' raw limits for this very contest: its `backlog` records in the
+/// consumer's batches, applied by the Redis script under a fresh prefix (the
+/// rules decide each against the ratings so far), and their logs inserted
+/// into one fresh collection, as many as the drain writes. Writing a million
+/// logs into one collection is slower than the raw section's 100 batches into
+/// a fresh one (the indexes grow), so the drain is judged against the same
+/// work. The Mongo writers: the best of 1, 2, 4 and 8 over the first 100
+/// batches, then that many over all of them.
+async fn raw_sinks(
+    args: &Args,
+    stack: &Stack,
+    report: &mut Report,
+    backlog: usize,
+    voters: usize,
+) -> anyhow::Result<()> {
+    let batch_size = settings::consumer()?.consumer.batch_max_records;
+    let n = (backlog / batch_size).max(1);
+    let records = |i| data::contest_vote(i, voters);
+    let batches = data::batches_of(n, batch_size, 6, "contest", records);
+    let reps = args.reps();
+    let runs = repeated(reps, "raw Redis apply of the contest", "records/s", async || {
+        raw::redis(stack, &batches).await
+    })
+    .await?;
+    report.add(
+        "contest.raw_redis_apply",
+        format!("raw Redis apply.lua of the contest ({n} batches of {batch_size})"),
+        "records/s",
+        runs,
+    );
+    let first = &batches[..n.min(100)];
+    let mut best = (1, 0.0);
+    for writers in super::MONGO_WRITERS {
+        let rate = raw::mongo(stack, first, writers).await?;
+        eprintln!("  raw Mongo insert of the contest's first {} logs, {writers} writer(s): {rate:.0} docs/s", first.len() * batch_size);
+        if rate > best.1 {
+            best = (writers, rate);
+        }
+    }
+    let writers = best.0;
+    let runs = repeated(reps, "raw Mongo insert of the contest's logs", "docs/s", async || {
+        raw::mongo(stack, &batches, writers).await
+    })
+    .await?;
+    report.add(
+        "contest.raw_mongo_insert",
+        format!("raw Mongo insert_many of the contest's {} logs into one collection, {writers} writers", n * batch_size),
+        "docs/s",
+        runs,
+    );
     Ok(())
 }
 
