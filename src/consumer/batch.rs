@@ -55,6 +55,35 @@ impl Batch {
     pub fn vote_count(&self) -> usize {
         self.votes().count()
     }
+
+    /// One write for the Mongo logger of several batches Redis has decided
+    /// (small ones, formed while the load is light): their votes and
+    /// outcomes in order, under the first one's `seq`. Dead letters and
+    /// ranges, which only the reader and Redis use, are left out. A single
+    /// batch is handed back as it is.
+    pub fn merged(batches: &[SharedBatch]) -> SharedBatch {
+        if let [one] = batches {
+            return one.clone();
+        }
+        let first = batches.first().expect("at least one batch to merge");
+        let entries = batches
+            .iter()
+            .flat_map(|b| b.entries.iter().filter(|e| e.vote.is_some()).cloned())
+            .collect();
+        // Unset unless every batch was decided, so the logger refuses it rather than misalign.
+        let outcomes = batches
+            .iter()
+            .map(|b| b.outcomes.get())
+            .collect::<Option<Vec<_>>>()
+            .map(|all| all.into_iter().flatten().copied().collect::<Vec<_>>());
+        Arc::new(Batch {
+            seq: first.seq,
+            topic: first.topic.clone(),
+            entries,
+            ranges: Vec::new(),
+            outcomes: outcomes.map_or_else(OnceLock::new, OnceLock::from),
+        })
+    }
 }
 
 /// Whether the writes in flight leave room for an eager batch.
@@ -179,6 +208,46 @@ mod tests {
             offset,
             vote: None,
         }
+    }
+
+    fn voted(partition: i32, offset: i64) -> Entry {
+        let vote = crate::vote::Vote::new("Banda", "Álbum", 1999, 5.0, &crate::vote::Rules::default())
+            .expect("a valid vote")
+            .stamp(crate::vote::Route::Grpc, chrono::Utc::now());
+        Entry {
+            partition,
+            offset,
+            vote: Some(vote),
+        }
+    }
+
+    fn decided(seq: u64, entries: Vec<Entry>, outcomes: Option<Vec<Outcome>>) -> SharedBatch {
+        let mut b = Batcher::new(100, Duration::from_secs(60));
+        let now = Instant::now();
+        for e in entries {
+            b.push(e, now);
+        }
+        let batch = b.take(seq, "votes", |_, _| None);
+        if let Some(outcomes) = outcomes {
+            batch.outcomes.set(outcomes).expect("unset");
+        }
+        Arc::new(batch)
+    }
+
+    #[test]
+    fn merged_batches_keep_each_vote_beside_its_outcome_and_leave_dead_letters_out() {
+        use Outcome::*;
+        let one = decided(3, vec![voted(0, 10), entry(0, 11), voted(0, 12)], Some(vec![Counted, Changed]));
+        let two = decided(4, vec![voted(1, 5)], Some(vec![Duplicate]));
+        let merged = Batch::merged(&[one.clone(), two]);
+        assert_eq!(merged.seq, 3, "the first batch's seq");
+        let positions: Vec<_> = merged.votes().map(|(e, _)| (e.partition, e.offset)).collect();
+        assert_eq!(positions, [(0, 10), (0, 12), (1, 5)]);
+        assert_eq!(merged.entries.len(), 3, "the dead letter is not carried");
+        assert_eq!(merged.outcomes.get(), Some(&vec![Counted, Changed, Duplicate]));
+        assert!(Arc::ptr_eq(&Batch::merged(std::slice::from_ref(&one)), &one), "one batch as it is");
+        let undecided = decided(5, vec![voted(2, 0)], None);
+        assert_eq!(Batch::merged(&[one, undecided]).outcomes.get(), None, "not all decided: no outcomes");
     }
 
     #[test]

@@ -62,9 +62,9 @@ pub struct ReaderConfig {
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
     pub max_in_flight: usize,
-    /// A batch that is not due leaves when nothing more is ready only while
-    /// fewer batches than this are in flight (the Mongo logger's writers).
-    pub eager_in_flight: usize,
+    /// Mongo writes the reader keeps in flight (the logger's writers), each
+    /// of one batch or of several small ones Redis decided.
+    pub mongo_writers: usize,
     /// Before each restart of the reader and each retry of a dead letter; the sinks' too.
     pub backoff: Backoff,
     /// How long shutdown waits for the batches in flight.
@@ -90,7 +90,7 @@ impl ReaderConfig {
             batch_max_wait: Duration::from_millis(s.consumer.batch_max_wait_ms),
             // Both at least 1: Consumer::build refuses less.
             max_in_flight: s.consumer.mailbox_capacity,
-            eager_in_flight: s.consumer.mongo_writers.min(s.consumer.mailbox_capacity),
+            mongo_writers: s.consumer.mongo_writers.min(s.consumer.mailbox_capacity),
             backoff: Backoff::new(
                 Duration::from_millis(s.consumer.restart_backoff_min_ms),
                 Duration::from_millis(s.consumer.restart_backoff_max_ms),

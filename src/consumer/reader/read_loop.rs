@@ -1,9 +1,11 @@
-//! The read loop: takes records, forms batches, hands each to both sinks,
-//! commits what both wrote, holds back when they fall behind, rewinds when a
-//! batch is refused, and drains on shutdown. One run lasts until shutdown or
-//! the first Kafka error, after which the actor starts another.
+//! The read loop: takes records, forms batches, hands each to Redis and,
+//! once Redis decided it, to the Mongo logger (several small decided batches
+//! in one write), commits what both wrote, holds back when they fall behind,
+//! rewinds when a batch is refused, and drains on shutdown. One run lasts
+//! until shutdown or the first Kafka error, after which the actor starts
+//! another.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use super::ReaderConfig;
 use super::clients::{DeadLetters, VotesConsumer, votes_consumer};
 use super::partitions::Partitions;
 use super::throttle::Throttle;
-use crate::consumer::batch::{Batcher, Entry, SharedBatch, Sinks};
+use crate::consumer::batch::{Batch, Batcher, Entry, SharedBatch, Sinks};
 use crate::consumer::metrics::ConsumerMetrics;
 use crate::consumer::mongo_sink::MongoLogger;
 use crate::consumer::rebalance::Rebalanced;
@@ -48,20 +50,26 @@ pub(super) struct ReadLoop {
     shutdown: watch::Receiver<bool>,
 }
 
-/// A dispatched batch, once both sinks have answered.
-struct Replies {
-    seq: u64,
-    redis: Result<Written, SinkError>,
-    mongo: Result<Written, SinkError>,
-}
+/// A batch sent to Redis, once Redis answered.
+type Deciding = Pin<Box<dyn Future<Output = (SharedBatch, Result<Written, SinkError>)>>>;
 
-type InFlight = Pin<Box<dyn Future<Output = Replies>>>;
+/// A Mongo write of one or several decided batches (their `seq` and record
+/// count), once the logger answered.
+type Logging = Pin<Box<dyn Future<Output = (Vec<(u64, usize)>, Result<Written, SinkError>)>>>;
 
 /// The loop's state besides the Kafka clients.
 struct State {
     batcher: Batcher,
     partitions: Partitions,
-    in_flight: FuturesUnordered<InFlight>,
+    /// Batches sent to Redis, not yet answered (Redis applies one at a time, in order).
+    deciding: FuturesUnordered<Deciding>,
+    /// Batches Redis applied, waiting for a free Mongo writer.
+    decided: VecDeque<SharedBatch>,
+    /// Mongo writes in flight, at most `mongo_writers`.
+    logging: FuturesUnordered<Logging>,
+    /// Batches handed to the sinks and not yet written by both (or refused), and their records.
+    pending: usize,
+    pending_records: usize,
     next_seq: u64,
     throttle: Throttle,
     /// Whether the assigned partitions are paused.
@@ -101,7 +109,11 @@ impl ReadLoop {
         let mut st = State {
             batcher: Batcher::new(self.config.batch_max_records, self.config.batch_max_wait),
             partitions: Partitions::default(),
-            in_flight: FuturesUnordered::new(),
+            deciding: FuturesUnordered::new(),
+            decided: VecDeque::new(),
+            logging: FuturesUnordered::new(),
+            pending: 0,
+            pending_records: 0,
             next_seq: 0,
             throttle: Throttle::default(),
             paused: false,
@@ -110,11 +122,12 @@ impl ReadLoop {
             fatal: None,
         };
         while !*shutdown.borrow() && st.fatal.is_none() {
-            if st.rewind_pending && st.in_flight.is_empty() {
+            if st.rewind_pending && st.pending == 0 {
                 self.rewind(&consumer, &mut st)?;
             }
             self.commit_if_due(&consumer, &mut st);
-            let can_dispatch = !st.rewind_pending && st.in_flight.len() < self.config.max_in_flight;
+            self.log_decided(&mut st);
+            let can_dispatch = !st.rewind_pending && self.has_room(&st);
             if can_dispatch && self.fill_or_dispatch(&consumer, &dlq, &mut st).await {
                 continue;
             }
@@ -126,9 +139,11 @@ impl ReadLoop {
             let wake_at = [deadline, hold.pause_at(), st.commit_at].into_iter().flatten().min();
             tokio::select! {
                 _ = shutdown.changed() => {}
-                Some(replies) = st.in_flight.next(), if !st.in_flight.is_empty() => {
-                    self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
-                    self.completed(&mut st, replies);
+                Some((batch, redis)) = st.deciding.next(), if !st.deciding.is_empty() => {
+                    self.decided(&mut st, batch, redis);
+                }
+                Some((batches, mongo)) = st.logging.next(), if !st.logging.is_empty() => {
+                    self.logged(&mut st, batches, mongo);
                 }
                 _ = sleep_until(wake_at) => {}
                 () = consumer.context().rebalanced.notified() => {}
@@ -158,11 +173,11 @@ impl ReadLoop {
             self.received(consumer, dlq, st, received).await;
             return true;
         }
-        let sinks = if st.in_flight.len() < self.config.eager_in_flight {
-            Sinks::Idle
-        } else {
-            Sinks::Busy
-        };
+        // Redis decides a batch in a few milliseconds and the logger merges
+        // the small batches waiting for it, so a batch leaves as soon as
+        // Redis has nothing left to decide: counting keeps up with the votes
+        // while logging keeps its writes large.
+        let sinks = if st.deciding.is_empty() { Sinks::Idle } else { Sinks::Busy };
         if st.batcher.should_leave(now, sinks) {
             self.dispatch(st);
             return true;
@@ -241,6 +256,14 @@ impl ReadLoop {
         st.batcher.push(entry, Instant::now());
     }
 
+    /// Whether another batch may go to the sinks: Redis's mailbox has room,
+    /// and the records handed out and not yet written by both stay within
+    /// `max_in_flight` full batches.
+    fn has_room(&self, st: &State) -> bool {
+        st.deciding.len() < self.config.max_in_flight
+            && st.pending_records < self.config.max_in_flight * self.config.batch_max_records
+    }
+
     fn dispatch(&self, st: &mut State) {
         st.next_seq += 1;
         let batch = st.batcher.take(st.next_seq, &self.config.topic, |p, last| {
@@ -249,40 +272,75 @@ impl ReadLoop {
         st.partitions.dispatched(&batch);
         let batch: SharedBatch = Arc::new(batch);
         self.metrics.batch_size.observe(batch.entries.len() as f64);
+        st.pending += 1;
+        st.pending_records += batch.entries.len();
+        self.metrics.in_flight_batches.set(st.pending as i64);
         // Redis decides each record's outcome, which the log carries, so the
-        // batch goes to the Mongo logger once Redis has applied it. The Redis
-        // send is created now, in dispatch order (Redis applies one batch at a
-        // time, so its replies and the Mongo sends follow that order); there
-        // is room in both mailboxes because in-flight batches never exceed
-        // their capacity.
+        // batch goes to the Mongo logger once Redis has applied it. There is
+        // room in Redis's mailbox: `has_room`.
         let to_redis = self.redis.send(WriteBatch(batch.clone()));
-        let mongo = self.mongo.clone();
-        let seq = batch.seq;
-        st.in_flight.push(Box::pin(async move {
-            let flatten = |r: Result<Result<Written, SinkError>, MailboxError>| r.unwrap_or(Err(SinkError::Stopped));
-            let redis = flatten(to_redis.await);
-            let mongo = match redis {
-                Ok(_) => flatten(mongo.send(WriteBatch(batch)).await),
-                // Nothing to log: the batch is read again.
-                Err(_) => Ok(Written { votes: 0 }),
-            };
-            Replies { seq, redis, mongo }
-        }));
-        self.metrics.in_flight_batches.set(st.in_flight.len() as i64);
+        st.deciding.push(Box::pin(async move { (batch, flatten(to_redis.await)) }));
     }
 
-    fn completed(&self, st: &mut State, replies: Replies) {
-        let Replies { seq, redis, mongo } = replies;
-        if redis.is_ok() && mongo.is_ok() {
-            if st.partitions.confirmed(seq) {
-                st.commit_at.get_or_insert_with(|| Instant::now() + COMMIT_EVERY);
+    /// Redis answered `batch`: on to the logger, or, refused, re-read.
+    fn decided(&self, st: &mut State, batch: SharedBatch, redis: Result<Written, SinkError>) {
+        match redis {
+            Ok(_) => st.decided.push_back(batch),
+            Err(error) => {
+                tracing::warn!(%error, seq = batch.seq, "batch not applied in Redis; re-reading from what Redis and Kafka hold");
+                self.finished(st, &[(batch.seq, batch.entries.len())]);
+                st.rewind_pending = true;
             }
-            return;
         }
-        for e in [redis.err(), mongo.err()].into_iter().flatten() {
-            tracing::warn!(error = %e, seq, "batch not written; re-reading from what Redis and Kafka hold");
+    }
+
+    /// Hands the decided batches to free Mongo writers, several small ones
+    /// merged into one write of at most `batch_max_records` votes.
+    fn log_decided(&self, st: &mut State) {
+        while st.logging.len() < self.config.mongo_writers
+            && let Some(first) = st.decided.pop_front()
+        {
+            let mut votes = first.vote_count();
+            let mut taken = vec![first];
+            while let Some(next) = st.decided.front()
+                && votes + next.vote_count() <= self.config.batch_max_records
+            {
+                votes += next.vote_count();
+                taken.extend(st.decided.pop_front());
+            }
+            let batches: Vec<(u64, usize)> = taken.iter().map(|b| (b.seq, b.entries.len())).collect();
+            let to_mongo = self.mongo.send(WriteBatch(Batch::merged(&taken)));
+            st.logging.push(Box::pin(async move { (batches, flatten(to_mongo.await)) }));
         }
-        st.rewind_pending = true;
+    }
+
+    /// The logger answered a write of `batches`: each one written by both
+    /// sinks is confirmed (its offsets committable once every batch before
+    /// it is); refused, they are re-read.
+    fn logged(&self, st: &mut State, batches: Vec<(u64, usize)>, mongo: Result<Written, SinkError>) {
+        self.finished(st, &batches);
+        match mongo {
+            Ok(_) => {
+                let mut advanced = false;
+                for &(seq, _) in &batches {
+                    advanced |= st.partitions.confirmed(seq);
+                }
+                if advanced {
+                    st.commit_at.get_or_insert_with(|| Instant::now() + COMMIT_EVERY);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, ?batches, "batches not logged; re-reading from what Redis and Kafka hold");
+                st.rewind_pending = true;
+            }
+        }
+    }
+
+    /// `batches` (seq, records) are no longer pending.
+    fn finished(&self, st: &mut State, batches: &[(u64, usize)]) {
+        st.pending -= batches.len();
+        st.pending_records -= batches.iter().map(|&(_, n)| n).sum::<usize>();
+        self.metrics.in_flight_batches.set(st.pending as i64);
     }
 
     fn commit_if_due(&self, consumer: &VotesConsumer, st: &mut State) {
@@ -349,8 +407,17 @@ impl ReadLoop {
         }
         let timeout = self.config.drain_timeout;
         let drained = tokio::time::timeout(timeout, async {
-            while let Some(replies) = st.in_flight.next().await {
-                self.completed(st, replies);
+            loop {
+                self.log_decided(st);
+                tokio::select! {
+                    Some((batch, redis)) = st.deciding.next(), if !st.deciding.is_empty() => {
+                        self.decided(st, batch, redis);
+                    }
+                    Some((batches, mongo)) = st.logging.next(), if !st.logging.is_empty() => {
+                        self.logged(st, batches, mongo);
+                    }
+                    else => break,
+                }
             }
         })
         .await;
@@ -400,6 +467,10 @@ async fn close_within(consumer: VotesConsumer, limit: Duration) {
             "the Kafka consumer did not close in time; going on without waiting (offsets are committed)"
         );
     }
+}
+
+fn flatten(reply: Result<Result<Written, SinkError>, MailboxError>) -> Result<Written, SinkError> {
+    reply.unwrap_or(Err(SinkError::Stopped))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
