@@ -332,21 +332,22 @@ pub struct ConsumerArgs {
     /// Kafka consumer group.
     #[arg(long, env = "CONSUMER_GROUP", default_value = "votestream-consumer")]
     pub consumer_group: String,
-    /// Most records in one batch. A batch is handed to the sinks as soon as no further record
-    /// is ready to read while fewer batches than --mongo-writers are in flight, so a trickle
-    /// of votes leaves at once and a steady load batches at the sinks' pace; a backlog forms
-    /// batches of this many.
+    /// Most records in one batch. A batch is handed to Redis as soon as no further record is
+    /// ready to read while Redis has no batch left to decide, so a trickle of votes leaves at
+    /// once and a steady load batches at Redis's pace; a backlog forms batches of this many.
+    /// Also the most votes in one Mongo write of small decided batches merged.
     #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1_000)]
     pub batch_max_records: usize,
     /// Longest a batch stays open while records keep coming, in milliseconds.
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
-    /// Batches in flight to the sinks at once (each sink's actix mailbox holds one more); when
-    /// all are in flight, reading pauses until one is written.
+    /// Full batches' worth of records in flight to the sinks at once, and the most batches
+    /// waiting for Redis (its actix mailbox holds one more); when that many records are in
+    /// flight, reading pauses until some are written.
     #[arg(long, env = "MAILBOX_CAPACITY", default_value_t = 8)]
     pub mailbox_capacity: usize,
-    /// Log batches the Mongo logger writes at once (concurrent insert_many calls); offsets are
-    /// still committed in order. The Redis script always applies one batch at a time. FerretDB
+    /// Log writes the Mongo logger makes at once (concurrent insert_many calls, each of one
+    /// batch or several small ones merged); offsets are still committed in order. The Redis script always applies one batch at a time. FerretDB
     /// (SQLite) is fastest with 2 and slower with 4 or more; a real MongoDB takes more.
     #[arg(long, env = "MONGO_WRITERS", default_value_t = 2)]
     pub mongo_writers: usize,

@@ -89,17 +89,17 @@ impl Batch {
 /// Whether the writes in flight leave room for an eager batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sinks {
-    /// Fewer batches in flight than the sinks write at once.
+    /// Redis has no batch left to decide.
     Idle,
     Busy,
 }
 
 /// Collects entries until a batch is due: full by count, old enough by time,
-/// or, adaptively, as soon as the reader has nothing more ready while the
-/// sinks are idle enough. A trickle of votes then leaves at once instead of
-/// waiting out the age limit; under a steady load the batch fills while the
-/// writes in flight finish (its size follows the sinks' pace, as with Nagle's
-/// algorithm); a backlog (records always ready) forms full batches.
+/// or, adaptively, as soon as the reader has nothing more ready while Redis
+/// is idle. A trickle of votes then leaves at once instead of waiting out the
+/// age limit; under a steady load the batch fills while Redis decides the one
+/// before (its size follows Redis's pace, as with Nagle's algorithm); a
+/// backlog (records always ready) forms full batches.
 #[derive(Debug)]
 pub struct Batcher {
     max_records: usize,

@@ -1,14 +1,17 @@
 //! The Kafka reader actor: reads `votes`, decodes and validates each record
 //! (bad ones go to the dead-letter topic), forms batches by count and time,
-//! hands each batch to both sinks and commits offsets once both have written
-//! it, in partition order. A batch leaves when it is full, when it is old
-//! enough, or as soon as no further record is ready while fewer batches than
-//! the Mongo logger's writers are in flight (adaptive batching: at once under
-//! light load, sized by the sinks' pace under load, full in a drain).
+//! hands each batch to Redis and then to the Mongo logger (small decided
+//! batches merged into one write), and commits offsets once both have
+//! written it, in partition order. A batch leaves when it is full, when it is
+//! old enough, or as soon as no further record is ready while Redis has no
+//! batch left to decide (adaptive batching: at once under light load, sized
+//! by Redis's pace under load, full in a drain).
 //!
-//! Backpressure: at most `mailbox_capacity` batches are in flight and each
-//! sink's actix channel holds one more, so every `Addr::send` finds room and
-//! batches enter both mailboxes in dispatch order (order matters: the Redis
+//! Backpressure: at most `mailbox_capacity` full batches' worth of records
+//! are in flight, at most that many batches wait for Redis (whose actix
+//! channel holds one more) and at most `mongo_writers` writes for Mongo, so
+//! every `Addr::send` finds room and batches enter Redis's mailbox in
+//! dispatch order (order matters: the Redis
 //! script is fenced by offsets);
 //! when the sinks fall behind the limit is reached and the reader stops taking
 //! records; if that lasts (a sink is down), the assigned partitions are paused
