@@ -237,7 +237,11 @@ mod tests {
     #[test]
     fn merged_batches_keep_each_vote_beside_its_outcome_and_leave_dead_letters_out() {
         use Outcome::*;
-        let one = decided(3, vec![voted(0, 10), entry(0, 11), voted(0, 12)], Some(vec![Counted, Changed]));
+        let one = decided(
+            3,
+            vec![voted(0, 10), entry(0, 11), voted(0, 12)],
+            Some(vec![Counted, Changed]),
+        );
         let two = decided(4, vec![voted(1, 5)], Some(vec![Duplicate]));
         let merged = Batch::merged(&[one.clone(), two]);
         assert_eq!(merged.seq, 3, "the first batch's seq");
@@ -245,9 +249,16 @@ mod tests {
         assert_eq!(positions, [(0, 10), (0, 12), (1, 5)]);
         assert_eq!(merged.entries.len(), 3, "the dead letter is not carried");
         assert_eq!(merged.outcomes.get(), Some(&vec![Counted, Changed, Duplicate]));
-        assert!(Arc::ptr_eq(&Batch::merged(std::slice::from_ref(&one)), &one), "one batch as it is");
+        assert!(
+            Arc::ptr_eq(&Batch::merged(std::slice::from_ref(&one)), &one),
+            "one batch as it is"
+        );
         let undecided = decided(5, vec![voted(2, 0)], None);
-        assert_eq!(Batch::merged(&[one, undecided]).outcomes.get(), None, "not all decided: no outcomes");
+        assert_eq!(
+            Batch::merged(&[one, undecided]).outcomes.get(),
+            None,
+            "not all decided: no outcomes"
+        );
     }
 
     #[test]

@@ -177,7 +177,11 @@ impl ReadLoop {
         // the small batches waiting for it, so a batch leaves as soon as
         // Redis has nothing left to decide: counting keeps up with the votes
         // while logging keeps its writes large.
-        let sinks = if st.deciding.is_empty() { Sinks::Idle } else { Sinks::Busy };
+        let sinks = if st.deciding.is_empty() {
+            Sinks::Idle
+        } else {
+            Sinks::Busy
+        };
         if st.batcher.should_leave(now, sinks) {
             self.dispatch(st);
             return true;
@@ -279,7 +283,8 @@ impl ReadLoop {
         // batch goes to the Mongo logger once Redis has applied it. There is
         // room in Redis's mailbox: `has_room`.
         let to_redis = self.redis.send(WriteBatch(batch.clone()));
-        st.deciding.push(Box::pin(async move { (batch, flatten(to_redis.await)) }));
+        st.deciding
+            .push(Box::pin(async move { (batch, flatten(to_redis.await)) }));
     }
 
     /// Redis answered `batch`: on to the logger, or, refused, re-read.
@@ -310,7 +315,8 @@ impl ReadLoop {
             }
             let batches: Vec<(u64, usize)> = taken.iter().map(|b| (b.seq, b.entries.len())).collect();
             let to_mongo = self.mongo.send(WriteBatch(Batch::merged(&taken)));
-            st.logging.push(Box::pin(async move { (batches, flatten(to_mongo.await)) }));
+            st.logging
+                .push(Box::pin(async move { (batches, flatten(to_mongo.await)) }));
         }
     }
 

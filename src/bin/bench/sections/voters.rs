@@ -113,11 +113,17 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
         "contest.drain_records_per_s",
         "contest_drain",
         "contest drain",
-        [("Redis", "contest.raw_redis_apply"), ("Mongo", "contest.raw_mongo_insert")],
+        [
+            ("Redis", "contest.raw_redis_apply"),
+            ("Mongo", "contest.raw_mongo_insert"),
+        ],
     );
     // Beside it, against the raw section's figures (anonymous votes, 100
     // batches into a fresh collection), when that section ran too.
-    let slowest = super::RAW_SINKS.iter().filter_map(|(_, key)| report.median(key)).reduce(f64::min);
+    let slowest = super::RAW_SINKS
+        .iter()
+        .filter_map(|(_, key)| report.median(key))
+        .reduce(f64::min);
     if let (Some(slowest), Some(drain)) = (slowest, report.median("contest.drain_records_per_s")) {
         report.add(
             "contest.drain_vs_raw_section",
@@ -163,7 +169,10 @@ async fn raw_sinks(
     let mut best = (1, 0.0);
     for writers in super::MONGO_WRITERS {
         let rate = raw::mongo(stack, first, writers).await?;
-        eprintln!("  raw Mongo insert of the contest's first {} logs, {writers} writer(s): {rate:.0} docs/s", first.len() * batch_size);
+        eprintln!(
+            "  raw Mongo insert of the contest's first {} logs, {writers} writer(s): {rate:.0} docs/s",
+            first.len() * batch_size
+        );
         if rate > best.1 {
             best = (writers, rate);
         }
@@ -175,7 +184,10 @@ async fn raw_sinks(
     .await?;
     report.add(
         "contest.raw_mongo_insert",
-        format!("raw Mongo insert_many of the contest's {} logs into one collection, {writers} writers", n * batch_size),
+        format!(
+            "raw Mongo insert_many of the contest's {} logs into one collection, {writers} writers",
+            n * batch_size
+        ),
         "docs/s",
         runs,
     );
