@@ -29,6 +29,31 @@ local band, album, rank, route, outcome = {}, {}, {}, {}, {c = 0, x = 0, d = 0, 
 local new_total, decided, new_voters, max_t = 0, 0, 0, 0
 local items = string.gmatch(ARGV[3], '[^\n]+')
 local function add(t, k, v) t[k] = (t[k] or 0) + v end
+-- Many fields or members per call (a few thousand arguments at most, within Lua's stack).
+local PER_CALL = 1000
+local function each_part(list, f)
+  for i = 1, #list, PER_CALL do f({unpack(list, i, math.min(i + PER_CALL - 1, #list))}) end
+end
+-- field -> value (false when absent) of `fields` of hash `key`, in a few HMGET calls.
+local function hmget(key, fields)
+  local got = {}
+  each_part(fields, function(part)
+    local values = redis.call('HMGET', key, unpack(part))
+    for j = 1, #part do got[part[j]] = values[j] end
+  end)
+  return got
+end
+-- Writes field -> value of `map` into hash `key`, in a few HSET calls.
+local function hset_all(key, map)
+  local args = {}
+  for f, v in pairs(map) do
+    args[#args + 1] = f
+    args[#args + 1] = v
+  end
+  for i = 1, #args, 2 * PER_CALL do
+    redis.call('HSET', key, unpack(args, i, math.min(i + 2 * PER_CALL - 1, #args)))
+  end
+end
 -- Every decided record's letter, kept in `outcomes` in chunks of CHUNK offsets per partition
 -- (field "<topic>/<partition>#<offset div CHUNK>", one character per offset, '-' or nothing for
 -- none), so a replay tells each record's outcome exactly, forever. A chunk is read once per batch
@@ -36,11 +61,17 @@ local function add(t, k, v) t[k] = (t[k] or 0) + v end
 local CHUNK = 1024
 local chunks = {}
 local function chunk_of(r)
-  local name = a.ranges[r.p].field .. '#' .. math.floor(r.o / CHUNK)
-  local c = chunks[name]
+  local index = math.floor(r.o / CHUNK)
+  local of_range = chunks[r.p]
+  if not of_range then
+    of_range = {}
+    chunks[r.p] = of_range
+  end
+  local c = of_range[index]
   if not c then
-    c = {stored = redis.call('HGET', outcomes, name) or '', set = {}}
-    chunks[name] = c
+    local name = a.ranges[r.p].field .. '#' .. index
+    c = {name = name, stored = redis.call('HGET', outcomes, name) or '', set = {}}
+    of_range[index] = c
   end
   return c, (r.o % CHUNK) + 1
 end
@@ -49,6 +80,20 @@ local function letter_at(c, at)
   if letter == '' then return '-' end
   return letter
 end
+-- What the records to decide need, read up front: the remembered vote ids and the voters'
+-- ratings; what this batch decides goes into seen_now / rated_now (read first) and is written
+-- back after the loop, a few calls in all rather than several per record.
+local ids, rating_keys = {}, {}
+for _, r in ipairs(a.records) do
+  if r.o > stored[r.p] then
+    ids[#ids + 1] = r.i
+    if r.v then rating_keys[#rating_keys + 1] = r.v .. '\n' .. r.a end
+  end
+end
+local seen_before, rated_before = hmget(votes_seen, ids), hmget(ratings, rating_keys)
+local seen_now, rated_now, new_voter_names = {}, {}, {}
+local mid = {}
+for n, r in ipairs(a.ranges) do mid[n] = ' ' .. r.field .. ' ' end
 for n, r in ipairs(a.records) do
   local item = items()
   local letter
@@ -59,7 +104,7 @@ for n, r in ipairs(a.records) do
     if letter == '-' then letter = 'c' end
   else
     if r.t > max_t then max_t = r.t end
-    local seen = redis.call('HGET', votes_seen, r.i)
+    local seen = seen_now[r.i] or seen_before[r.i]
     local seen_at = seen and tonumber(string.match(seen, '^(%d+)'))
     if seen_at and r.t - seen_at <= dedup then
       letter = 'd'
@@ -67,14 +112,14 @@ for n, r in ipairs(a.records) do
       letter = 'l'
     elseif r.v then
       local key = r.v .. '\n' .. r.a
-      local old = redis.call('HGET', ratings, key)
-      redis.call('HSET', ratings, key, r.k)
+      local old = rated_now[key] or rated_before[key]
+      rated_now[key] = r.k
       if old then
         letter = 'x'
         add(rank, r.a, r.k - tonumber(old))
       else
         letter = 'c'
-        new_voters = new_voters + redis.call('SADD', voters_seen, r.v)
+        new_voter_names[#new_voter_names + 1] = r.v
       end
     else
       letter = 'c'
@@ -86,7 +131,7 @@ for n, r in ipairs(a.records) do
       new_total = new_total + 1
     end
     if letter == 'c' or letter == 'x' then
-      redis.call('HSET', votes_seen, r.i, r.t .. ' ' .. a.ranges[r.p].field .. ' ' .. r.o .. ' ' .. letter)
+      seen_now[r.i] = r.t .. mid[r.p] .. r.o .. ' ' .. letter
     end
     local c, at = chunk_of(r)
     c.set[at] = letter
@@ -94,19 +139,26 @@ for n, r in ipairs(a.records) do
     outcome[letter] = outcome[letter] + 1
     add(route, r.r, 1)
     decided = decided + 1
-    table.insert(tail, '{"outcome":"' .. names[letter] .. '",' .. string.sub(item, 2))
+    tail[#tail + 1] = '{"outcome":"' .. names[letter] .. '",' .. string.sub(item, 2)
   end
   letters[n] = letter
 end
+hset_all(ratings, rated_now)
+hset_all(votes_seen, seen_now)
+each_part(new_voter_names, function(part)
+  new_voters = new_voters + redis.call('SADD', voters_seen, unpack(part))
+end)
 for n, r in ipairs(a.ranges) do
   if r.last > stored[n] then redis.call('HSET', offsets, r.field, r.last) end
 end
-for name, c in pairs(chunks) do
-  if c.lo then
-    local parts = {string.sub(c.stored, 1, c.lo - 1) .. string.rep('-', c.lo - 1 - #c.stored)}
-    for at = c.lo, c.hi do parts[#parts + 1] = letter_at(c, at) end
-    parts[#parts + 1] = string.sub(c.stored, c.hi + 1)
-    redis.call('HSET', outcomes, name, table.concat(parts))
+for _, of_range in pairs(chunks) do
+  for _, c in pairs(of_range) do
+    if c.lo then
+      local parts = {string.sub(c.stored, 1, c.lo - 1) .. string.rep('-', c.lo - 1 - #c.stored)}
+      for at = c.lo, c.hi do parts[#parts + 1] = letter_at(c, at) end
+      parts[#parts + 1] = string.sub(c.stored, c.hi + 1)
+      redis.call('HSET', outcomes, c.name, table.concat(parts))
+    end
   end
 end
 local now_total = redis.call('INCRBY', total, new_total)
