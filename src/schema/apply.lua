@@ -87,7 +87,10 @@ local ids, rating_keys = {}, {}
 for _, r in ipairs(a.records) do
   if r.o > stored[r.p] then
     ids[#ids + 1] = r.i
-    if r.v then rating_keys[#rating_keys + 1] = r.v .. '\n' .. r.a end
+    if r.v then
+      r.key = r.v .. '\n' .. r.a
+      rating_keys[#rating_keys + 1] = r.key
+    end
   end
 end
 local seen_before, rated_before = hmget(votes_seen, ids), hmget(ratings, rating_keys)
@@ -111,9 +114,8 @@ for n, r in ipairs(a.records) do
     elseif (opens and r.t < opens) or (closes and r.t >= closes) then
       letter = 'l'
     elseif r.v then
-      local key = r.v .. '\n' .. r.a
-      local old = rated_now[key] or rated_before[key]
-      rated_now[key] = r.k
+      local old = rated_now[r.key] or rated_before[r.key]
+      rated_now[r.key] = r.k
       if old then
         letter = 'x'
         add(rank, r.a, r.k - tonumber(old))

@@ -307,10 +307,12 @@ impl ReadLoop {
         {
             let mut votes = first.vote_count();
             let mut taken = vec![first];
-            while let Some(next) = st.decided.front()
-                && votes + next.vote_count() <= self.config.batch_max_records
-            {
-                votes += next.vote_count();
+            while let Some(next) = st.decided.front() {
+                let more = next.vote_count();
+                if votes + more > self.config.batch_max_records {
+                    break;
+                }
+                votes += more;
                 taken.extend(st.decided.pop_front());
             }
             let batches: Vec<(u64, usize)> = taken.iter().map(|b| (b.seq, b.entries.len())).collect();

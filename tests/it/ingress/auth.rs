@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use votestream::proto::{self, CastVotesRequest};
 
-use super::support::{TestIngress, grpc_vote, records, typed_vote};
+use super::support::{TestIngress, assert_nothing_produced, grpc_vote, records, typed_vote};
 use crate::common::{TempTopic, eventually, kafka_brokers, scratch_dir};
 
 pub const ISSUER: &str = "https://front.example";
@@ -247,10 +247,7 @@ async fn every_kind_of_bad_token_gets_401_on_both_routes_and_nothing_reaches_kaf
     }
     assert!(text.contains(r#"votestream_ingress_auth_refused_total{route="http",reason="malformed"} 4"#));
     ingress.stop().await;
-    assert!(
-        records(&kafka_brokers(), &topic.name).await.is_empty(),
-        "nothing produced"
-    );
+    assert_nothing_produced(&topic.name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,10 +345,7 @@ async fn a_body_voter_other_than_the_tokens_subject_gets_403_on_both_routes() {
         assert!(text.contains(&series), "{series}");
     }
     ingress.stop().await;
-    assert!(
-        records(&kafka_brokers(), &topic.name).await.is_empty(),
-        "nothing produced"
-    );
+    assert_nothing_produced(&topic.name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

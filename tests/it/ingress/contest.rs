@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use votestream::proto::{self, CastVotesRequest};
 
-use super::support::{TestIngress, grpc_vote, records, typed_vote};
+use super::support::{TestIngress, assert_nothing_produced, grpc_vote, records, typed_vote};
 use crate::common::{TempTopic, kafka_brokers};
 
 fn with_ids(mut vote: Value, voter: Option<&str>, request_id: Option<&str>) -> Value {
@@ -73,10 +73,7 @@ async fn outside_the_voting_window_both_routes_refuse_and_nothing_reaches_kafka(
     .await;
     assert_every_route_refused(&not_open, "voting_not_open").await;
     not_open.stop().await;
-    assert!(
-        records(&kafka_brokers(), &topic.name).await.is_empty(),
-        "nothing produced"
-    );
+    assert_nothing_produced(&topic.name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use votestream::config::{Cli, Command, IngressSettings};
 use votestream::ingress::Ingress;
 use votestream::proto::vote_service_client::VoteServiceClient;
 
-use crate::common::unique;
+use crate::common::{kafka_brokers, unique};
 
 /// Listeners on free ports of 127.0.0.1, with few HTTP workers (2 cores).
 pub const LOCAL_LISTENERS: [&str; 6] = [
@@ -166,6 +166,11 @@ pub struct Record {
 /// Everything `topic` holds now, read from the beginning of each partition.
 /// The sum of the high watermarks says how many records to expect, so the
 /// read stops exactly there instead of waiting for "no more".
+/// Asserts that `topic` holds no record at all.
+pub async fn assert_nothing_produced(topic: &str) {
+    assert!(records(&kafka_brokers(), topic).await.is_empty(), "nothing produced");
+}
+
 pub async fn records(brokers: &str, topic: &str) -> Vec<Record> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -238,13 +238,17 @@ fn against_slowest_sink(report: &mut Report, figure: &str, key: &str, label: &st
     against_slowest_of(report, figure, key, label, RAW_SINKS);
 }
 
+/// The slowest of `sinks` (name, key) the report has a figure for: its name and median.
+fn slowest_of<'a>(report: &Report, sinks: [(&'a str, &str); 2]) -> Option<(&'a str, f64)> {
+    sinks
+        .iter()
+        .filter_map(|&(name, key)| report.median(key).map(|m| (name, m)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
 /// [`against_slowest_sink`] with the sinks' figures under `sinks` (name, key).
 fn against_slowest_of(report: &mut Report, figure: &str, key: &str, label: &str, sinks: [(&str, &str); 2]) {
-    let slowest = sinks
-        .iter()
-        .filter_map(|(name, key)| report.median(key).map(|m| (*name, m)))
-        .min_by(|a, b| a.1.total_cmp(&b.1));
-    if let (Some((name, slowest)), Some(drain)) = (slowest, report.median(figure)) {
+    if let (Some((name, slowest)), Some(drain)) = (slowest_of(report, sinks), report.median(figure)) {
         report.target(Target {
             key: format!("{key}_vs_slowest_sink"),
             label: format!("{label} / slowest raw sink ({name})"),

@@ -120,11 +120,8 @@ pub async fn contest(args: &Args, stack: &Stack, report: &mut Report) -> anyhow:
     );
     // Beside it, against the raw section's figures (anonymous votes, 100
     // batches into a fresh collection), when that section ran too.
-    let slowest = super::RAW_SINKS
-        .iter()
-        .filter_map(|(_, key)| report.median(key))
-        .reduce(f64::min);
-    if let (Some(slowest), Some(drain)) = (slowest, report.median("contest.drain_records_per_s")) {
+    let slowest = super::slowest_of(report, super::RAW_SINKS);
+    if let (Some((_, slowest)), Some(drain)) = (slowest, report.median("contest.drain_records_per_s")) {
         report.add(
             "contest.drain_vs_raw_section",
             "contest drain / slowest sink of the raw section (anonymous votes, fresh collection)",
