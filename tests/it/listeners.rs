@@ -24,6 +24,11 @@ use votestream::logs::LogsApp;
 
 use crate::common::{kafka_brokers, mongodb_uri, redis_url, unique};
 
+/// `GET url` with `client`; a request that gets no response fails the test, saying `what`.
+pub async fn get(client: &reqwest::Client, url: impl reqwest::IntoUrl, what: &str) -> reqwest::Response {
+    client.get(url).send().await.expect(what)
+}
+
 /// A server running in the test's runtime until [`Running::stop`] (or drop).
 pub struct Running {
     /// The HTTP listener (the ingress's, or the logs app's).

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use votestream::ops::{Health, Readiness, ReadyStatus};
 
 use super::certs::Pki;
-use super::{Running, ingress, logs_app};
+use super::{Running, get, ingress, logs_app};
 use crate::common::TempTopic;
 
 const OPS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -15,29 +15,19 @@ const OPS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 async fn admin_serves_the_operational_endpoints(server: &Running, process: &str) -> String {
     let plain = reqwest::Client::new();
     let admin = format!("http://{}", server.admin());
-    let health: Health = plain
-        .get(format!("{admin}/healthz"))
-        .send()
+    let health: Health = get(&plain, format!("{admin}/healthz"), "/healthz on the admin port")
         .await
-        .expect("/healthz on the admin port")
         .json()
         .await
         .expect("a health body");
     assert_eq!(health, Health::ok());
-    let readiness: Readiness = plain
-        .get(format!("{admin}/readyz"))
-        .send()
+    let readiness: Readiness = get(&plain, format!("{admin}/readyz"), "/readyz on the admin port")
         .await
-        .expect("/readyz on the admin port")
         .json()
         .await
         .expect("a readiness body");
     assert_eq!(readiness.status, ReadyStatus::Ready, "{readiness:?}");
-    let metrics = plain
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .expect("/metrics on the admin port");
+    let metrics = get(&plain, format!("{admin}/metrics"), "/metrics on the admin port").await;
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.expect("metrics text");
     assert!(
@@ -58,11 +48,7 @@ async fn the_ingress_serves_probes_and_metrics_on_its_admin_port_only() {
     let https = Pki::https_client(&pki.ca);
     let public = format!("https://{}", ingress.http);
     for path in OPS {
-        let response = https
-            .get(format!("{public}{path}"))
-            .send()
-            .await
-            .expect("the public listener");
+        let response = get(&https, format!("{public}{path}"), "the public listener").await;
         assert_eq!(response.status(), 404, "{path} on the public listener");
     }
     let response = https
@@ -86,20 +72,12 @@ async fn the_logs_app_serves_probes_and_metrics_on_its_admin_port_only() {
     let logs = logs_app(&["--admin-addr", "127.0.0.1:0"]).await;
     let plain = reqwest::Client::new();
     for path in OPS {
-        let response = plain
-            .get(format!("http://{}{path}", logs.http))
-            .send()
-            .await
-            .expect("the public listener");
+        let response = get(&plain, format!("http://{}{path}", logs.http), "the public listener").await;
         assert_eq!(response.status(), 404, "{path} on the public listener");
         let body: Value = response.json().await.expect("a JSON 404");
         assert_eq!(body["error"], "not found");
     }
-    let page = plain
-        .get(format!("http://{}/", logs.http))
-        .send()
-        .await
-        .expect("the page");
+    let page = get(&plain, format!("http://{}/", logs.http), "the page").await;
     assert_eq!(page.status(), 200);
     admin_serves_the_operational_endpoints(&logs, "logs").await;
     logs.stop().await;

@@ -14,7 +14,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{Running, get_on, ingress, logs_app, raw_exchange, read_to_close, status_of};
+use super::{Running, get, get_on, ingress, logs_app, raw_exchange, read_to_close, status_of};
 use crate::common::{TempTopic, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -296,11 +296,7 @@ async fn a_tls_handshake_that_stalls_is_cut_off_on_every_listener() {
         read_to_close(&mut stalled).await;
     }
     let https = super::certs::Pki::https_client(&pki.ca);
-    let page = https
-        .get(format!("https://{}/", logs.http))
-        .send()
-        .await
-        .expect("the page");
+    let page = get(&https, format!("https://{}/", logs.http), "the page").await;
     assert_eq!(page.status(), 200);
     let mut grpc = super::certs::Pki::grpc_client(ingress.grpc(), &pki.ca, None)
         .await

@@ -7,7 +7,7 @@ use serde_json::json;
 use votestream::proto::vote_service_client::VoteServiceClient;
 
 use super::certs::{Pki, path};
-use super::{ingress, logs_app};
+use super::{get, ingress, logs_app};
 use crate::common::TempTopic;
 
 use crate::ingress::support::grpc_vote as vote;
@@ -52,11 +52,7 @@ async fn the_ingress_takes_votes_over_tls_on_grpc_and_http() {
         .await
         .expect("a TLS handshake on HTTP");
     assert_eq!(response.status(), 200);
-    let healthz = https
-        .get(format!("https://{}/healthz", ingress.http))
-        .send()
-        .await
-        .expect("/healthz over TLS");
+    let healthz = get(&https, format!("https://{}/healthz", ingress.http), "/healthz over TLS").await;
     assert_eq!(healthz.status(), 200);
 
     // The TLS port speaks nothing else.
@@ -88,11 +84,7 @@ async fn a_client_that_does_not_trust_the_servers_ca_is_refused_everywhere() {
 
     // The servers go on serving those that trust them.
     let https = Pki::https_client(&pki.ca);
-    let page = https
-        .get(format!("https://{}/", logs.http))
-        .send()
-        .await
-        .expect("the page");
+    let page = get(&https, format!("https://{}/", logs.http), "the page").await;
     assert_eq!(page.status(), 200);
     let mut grpc = Pki::grpc_client(ingress.grpc(), &pki.ca, None)
         .await
@@ -142,18 +134,10 @@ async fn the_logs_app_serves_its_page_and_api_over_tls() {
     let pki = Pki::new();
     let logs = logs_app(&pki.server_flags()).await;
     let https = Pki::https_client(&pki.ca);
-    let page = https
-        .get(format!("https://{}/", logs.http))
-        .send()
-        .await
-        .expect("the page over TLS");
+    let page = get(&https, format!("https://{}/", logs.http), "the page over TLS").await;
     assert_eq!(page.status(), 200);
     assert!(page.text().await.expect("html").contains("<html"));
-    let logs_page = https
-        .get(format!("https://{}/logs?limit=1", logs.http))
-        .send()
-        .await
-        .expect("/logs over TLS");
+    let logs_page = get(&https, format!("https://{}/logs?limit=1", logs.http), "/logs over TLS").await;
     assert_eq!(logs_page.status(), 200);
     logs.stop().await;
 }
@@ -185,11 +169,7 @@ async fn without_tls_flags_the_three_servers_speak_plain_text_as_before() {
             assert_eq!(response.status(), 200, "{base}{path}");
         }
     }
-    let page = plain
-        .get(format!("http://{}/", logs.http))
-        .send()
-        .await
-        .expect("the page");
+    let page = get(&plain, format!("http://{}/", logs.http), "the page").await;
     assert_eq!(page.status(), 200);
 
     // A TLS client gets no handshake from a plain listener.
