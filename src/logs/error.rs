@@ -3,6 +3,8 @@
 //! details of a backend failure go to the server log, not to the client
 //! (they can name internal hosts).
 
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
@@ -14,6 +16,12 @@ pub enum LogsError {
     BadRequest(String),
     #[error("MongoDB is unavailable; try again shortly")]
     MongoUnavailable { detail: String },
+    /// The server ran a page out of its time: pages pause ([`super::pause`]).
+    #[error(
+        "MongoDB could not answer a page of logs within {timeout:?}; pages pause for {}s to spare its writes",
+        whole_secs(*retry_after)
+    )]
+    PagesPaused { timeout: Duration, retry_after: Duration },
     #[error("Redis is unavailable; try again shortly")]
     RedisUnavailable { detail: String },
     #[error("too many live streams (at most {0}); try again later")]
@@ -78,18 +86,24 @@ impl LogsError {
             LogsError::MongoUnavailable { detail }
             | LogsError::RedisUnavailable { detail }
             | LogsError::Internal { detail, .. } => Some(detail),
-            LogsError::BadRequest(_) | LogsError::TooManyStreams(_) => None,
+            LogsError::BadRequest(_) | LogsError::TooManyStreams(_) | LogsError::PagesPaused { .. } => None,
         }
     }
+}
+
+/// Whole seconds, rounded up: asking before a pause ends gets 503 again.
+fn whole_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl ResponseError for LogsError {
     fn status_code(&self) -> StatusCode {
         match self {
             LogsError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            LogsError::MongoUnavailable { .. } | LogsError::RedisUnavailable { .. } | LogsError::TooManyStreams(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            LogsError::MongoUnavailable { .. }
+            | LogsError::PagesPaused { .. }
+            | LogsError::RedisUnavailable { .. }
+            | LogsError::TooManyStreams(_) => StatusCode::SERVICE_UNAVAILABLE,
             LogsError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,7 +115,9 @@ impl ResponseError for LogsError {
         }
         let mut response = HttpResponse::build(status);
         response.insert_header((CACHE_CONTROL, "no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let LogsError::PagesPaused { retry_after, .. } = self {
+            response.insert_header((RETRY_AFTER, whole_secs(*retry_after).to_string()));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((RETRY_AFTER, "2"));
         }
         response.json(serde_json::json!({ "error": self.to_string() }))

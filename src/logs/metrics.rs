@@ -29,6 +29,8 @@ pub struct Metrics {
     pub tail_published: Counter,
     pub queries_active: Gauge,
     pub queries_refused: Counter,
+    pub queries_out_of_time: Counter,
+    pub queries_paused: Counter,
 }
 
 impl Metrics {
@@ -42,6 +44,8 @@ impl Metrics {
         let tail_published = Counter::default();
         let queries_active = Gauge::default();
         let queries_refused = Counter::default();
+        let queries_out_of_time = Counter::default();
+        let queries_paused = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by route pattern and status",
@@ -82,6 +86,16 @@ impl Metrics {
             "Pages of /logs answered 503 because every query slot stayed taken for the backend timeout",
             queries_refused.clone(),
         );
+        registry.register(
+            "queries_out_of_time",
+            "Pages of /logs MongoDB gave up at their maxTimeMS (each starts or prolongs a pause of pages)",
+            queries_out_of_time.clone(),
+        );
+        registry.register(
+            "queries_paused",
+            "Pages of /logs answered 503 without a query, during a pause after one ran out of time",
+            queries_paused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -92,6 +106,8 @@ impl Metrics {
             tail_published,
             queries_active,
             queries_refused,
+            queries_out_of_time,
+            queries_paused,
         }
     }
 

@@ -11,6 +11,7 @@
 mod error;
 mod metrics;
 mod page;
+mod pause;
 mod query;
 mod standings;
 mod status;

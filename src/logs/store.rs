@@ -9,9 +9,12 @@
 //! a query the app gives up on stops in the database too. At most
 //! `max_queries` pages are asked of MongoDB at once: whatever the load on the
 //! page, the database holds a bounded number of queries and the consumer's
-//! writes go on.
+//! writes go on. And when the server itself runs a page out of its time,
+//! pages pause for a while ([`super::pause`]) instead of asking it again at
+//! once: a store that scans the collection for a page (FerretDB) is not kept
+//! busy with work it will give up again.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -23,6 +26,7 @@ use tokio::time::Instant;
 
 use super::error::LogsError;
 use super::metrics::Metrics;
+use super::pause::{Admission, Answer, PagePause};
 use super::query::{Cursor, Filter, LogQuery};
 use crate::log_entry::LogEntry;
 use crate::schema::mongo::{LogDocument, ensure_indexes, logs, page_order};
@@ -35,6 +39,14 @@ const INDEX_RETRY: Duration = Duration::from_secs(5);
 
 /// Least time left for a query to be worth sending (and a non-zero maxTimeMS).
 const MIN_QUERY_TIME: Duration = Duration::from_millis(10);
+
+/// The server's time limit ends this much before the app's own deadline (a
+/// quarter of the time left at most), so a query out of time comes back as
+/// the server's MaxTimeMSExpired, which is what pauses pages.
+const SERVER_LIMIT_MARGIN: Duration = Duration::from_millis(250);
+
+/// MongoDB's error code for a query stopped at its maxTimeMS.
+const MAX_TIME_MS_EXPIRED: i32 = 50;
 
 /// One page of `GET /logs`; `next` is absent on the last page.
 #[derive(Debug, Serialize)]
@@ -50,6 +62,7 @@ pub struct LogStore {
     timeout: Duration,
     slots: Arc<Semaphore>,
     max_queries: usize,
+    pause: Arc<Mutex<PagePause>>,
     metrics: Arc<Metrics>,
 }
 
@@ -70,6 +83,7 @@ impl LogStore {
             timeout,
             slots: Arc::new(Semaphore::new(max_queries)),
             max_queries,
+            pause: Arc::new(Mutex::new(PagePause::new(timeout))),
             metrics,
         })
     }
@@ -104,6 +118,21 @@ impl LogStore {
     }
 
     async fn newest(&self, filter: Document, limit: usize) -> Result<Vec<LogDocument>, LogsError> {
+        let admitted = self.pause.lock().expect("page pause").admit(Instant::now());
+        if let Admission::Wait(left) = admitted {
+            self.metrics.queries_paused.inc();
+            return Err(LogsError::PagesPaused {
+                timeout: self.timeout,
+                retry_after: left,
+            });
+        }
+        // Tells the pause how this page ended, however it ends (a client that
+        // goes away drops this future: a probe must not stay out for ever).
+        let asking = Asking {
+            store: self,
+            admitted,
+            recorded: false,
+        };
         let deadline = Instant::now() + self.timeout;
         let Ok(_slot) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
             return Err(self.busy());
@@ -118,18 +147,37 @@ impl LogStore {
         if left < MIN_QUERY_TIME {
             return Err(self.busy());
         }
-        self.bounded_by(left, async {
+        let server_limit = left - SERVER_LIMIT_MARGIN.min(left / 4);
+        let query = async {
             self.logs
                 .find(filter)
                 .sort(page_order())
                 .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-                // The server gives the query up when this app does.
-                .max_time(left)
+                // The server gives the query up before this app does.
+                .max_time(server_limit)
                 .await?
-                .try_collect()
+                .try_collect::<Vec<_>>()
                 .await
-        })
-        .await
+        };
+        match tokio::time::timeout(left, query).await {
+            Ok(Ok(documents)) => {
+                asking.record(Answer::InTime);
+                Ok(documents)
+            }
+            Ok(Err(e)) if out_of_time(&e) => {
+                self.metrics.queries_out_of_time.inc();
+                tracing::warn!(error = %e, "MongoDB ran a page of logs out of its time; pages pause");
+                match asking.record(Answer::OutOfTime) {
+                    Some(pause) => Err(LogsError::PagesPaused {
+                        timeout: self.timeout,
+                        retry_after: pause,
+                    }),
+                    None => Err(LogsError::from_mongo(e)),
+                }
+            }
+            Ok(Err(e)) => Err(LogsError::from_mongo(e)),
+            Err(_) => Err(self.no_answer()),
+        }
     }
 
     /// Every query slot stayed taken for (nearly) the whole timeout.
@@ -171,9 +219,38 @@ impl LogStore {
     ) -> Result<T, LogsError> {
         match tokio::time::timeout(limit, call).await {
             Ok(result) => result.map_err(LogsError::from_mongo),
-            Err(_) => Err(LogsError::MongoUnavailable {
-                detail: format!("no answer within {:?}", self.timeout),
-            }),
+            Err(_) => Err(self.no_answer()),
+        }
+    }
+
+    fn no_answer(&self) -> LogsError {
+        LogsError::MongoUnavailable {
+            detail: format!("no answer within {:?}", self.timeout),
+        }
+    }
+}
+
+/// A page on its way: records how it ended in the pause, as `Failed` if it
+/// ended any other way than through [`Asking::record`].
+struct Asking<'a> {
+    store: &'a LogStore,
+    admitted: Admission,
+    recorded: bool,
+}
+
+impl Asking<'_> {
+    fn record(mut self, answer: Answer) -> Option<Duration> {
+        self.recorded = true;
+        self.store.pause.lock().ok()?.record(Instant::now(), self.admitted, answer)
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if !self.recorded
+            && let Ok(mut pause) = self.store.pause.lock()
+        {
+            pause.record(Instant::now(), self.admitted, Answer::Failed);
         }
     }
 }
@@ -189,6 +266,11 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// The server stopped the query at its maxTimeMS.
+fn out_of_time(e: &mongodb::error::Error) -> bool {
+    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == MAX_TIME_MS_EXPIRED)
 }
 
 fn filter_document(filter: &Filter) -> Document {

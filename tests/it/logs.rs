@@ -4,6 +4,7 @@
 
 mod browser;
 mod outages;
+mod pause;
 mod results;
 mod stream;
 
