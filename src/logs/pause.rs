@@ -4,8 +4,11 @@
 //! writes. So pages pause: for a cool-down the app answers 503 without
 //! asking (Retry-After says how long), then one page goes through as a probe
 //! while the others keep waiting. A probe answered in time ends the pause; a
-//! probe out of time pauses again, twice as long (from the backend timeout up
-//! to [`MAX_PAUSE`]). Only a server that ran out of time pauses pages: a
+//! probe out of time pauses again, twice as long. The first pause is
+//! [`FIRST_PAUSE_TIMEOUTS`] backend timeouts: a page out of time held the
+//! database for about one, so pages take at most a fifth of its time, and
+//! less as the pauses double (up to [`MAX_PAUSE`]). Only a server that ran
+//! out of time pauses pages: a
 //! database that is down or unreachable costs it nothing, and the app keeps
 //! asking as before.
 //!
@@ -15,8 +18,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The first pause, in backend timeouts.
+pub const FIRST_PAUSE_TIMEOUTS: u32 = 4;
+
 /// The longest pause between two probes.
-pub const MAX_PAUSE: Duration = Duration::from_secs(30);
+pub const MAX_PAUSE: Duration = Duration::from_secs(60);
 
 /// What the pause lets a page do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +49,7 @@ pub enum Answer {
 
 #[derive(Debug)]
 pub struct PagePause {
+    timeout: Duration,
     first: Duration,
     /// Consecutive probes (or pages) out of time.
     strikes: u32,
@@ -51,11 +58,11 @@ pub struct PagePause {
 }
 
 impl PagePause {
-    /// `first`: the first pause (the backend timeout: a page out of time held
-    /// the database that long).
-    pub fn new(first: Duration) -> PagePause {
+    /// `timeout`: the backend timeout, about how long a page out of time held the database.
+    pub fn new(timeout: Duration) -> PagePause {
         PagePause {
-            first: first.min(MAX_PAUSE),
+            timeout,
+            first: timeout.saturating_mul(FIRST_PAUSE_TIMEOUTS).min(MAX_PAUSE),
             strikes: 0,
             until: None,
             probing: false,
@@ -71,7 +78,7 @@ impl PagePause {
         }
         if self.probing {
             // The probe is out; it takes at most the backend timeout.
-            return Admission::Wait(self.first.max(Duration::from_secs(1)));
+            return Admission::Wait(self.timeout.max(Duration::from_secs(1)));
         }
         self.probing = true;
         Admission::Probe
@@ -127,17 +134,20 @@ mod tests {
     fn a_page_out_of_time_pauses_pages_then_one_probe_goes_through() {
         let now = Instant::now();
         let mut pause = PagePause::new(T);
-        pause.record(now, Admission::Ask, Answer::OutOfTime);
-        assert_eq!(pause.admit(now), Admission::Wait(T));
+        assert_eq!(pause.record(now, Admission::Ask, Answer::OutOfTime), Some(4 * T));
+        assert_eq!(pause.admit(now), Admission::Wait(4 * T));
         assert_eq!(
-            pause.admit(now + Duration::from_millis(1_500)),
+            pause.admit(now + Duration::from_millis(7_500)),
             Admission::Wait(Duration::from_secs(1))
         );
-        let later = now + T;
+        let later = now + 4 * T;
         assert_eq!(pause.admit(later), Admission::Probe);
         // One probe at a time: the others wait for it.
         assert_eq!(pause.admit(later), Admission::Wait(T));
-        pause.record(later + Duration::from_millis(300), Admission::Probe, Answer::InTime);
+        assert_eq!(
+            pause.record(later + Duration::from_millis(300), Admission::Probe, Answer::InTime),
+            None
+        );
         assert_eq!(pause.admit(later), Admission::Ask);
     }
 
@@ -156,13 +166,13 @@ mod tests {
             assert_eq!(pause.admit(now), Admission::Probe);
             pause.record(now, Admission::Probe, Answer::OutOfTime);
         }
-        assert_eq!(pauses, [2, 4, 8, 16, 30, 30]);
+        assert_eq!(pauses, [8, 16, 32, 60, 60, 60]);
         // An answer in time starts over from the first pause.
         now += MAX_PAUSE;
         assert_eq!(pause.admit(now), Admission::Probe);
         pause.record(now, Admission::Probe, Answer::InTime);
         pause.record(now, Admission::Ask, Answer::OutOfTime);
-        assert_eq!(pause.admit(now), Admission::Wait(T));
+        assert_eq!(pause.admit(now), Admission::Wait(4 * T));
     }
 
     #[test]
@@ -170,7 +180,7 @@ mod tests {
         let now = Instant::now();
         let mut pause = PagePause::new(T);
         pause.record(now, Admission::Ask, Answer::OutOfTime);
-        let later = now + T;
+        let later = now + 4 * T;
         assert_eq!(pause.admit(later), Admission::Probe);
         pause.record(later, Admission::Probe, Answer::Failed);
         assert_eq!(pause.admit(later), Admission::Probe);
@@ -183,10 +193,10 @@ mod tests {
         pause.record(now, Admission::Ask, Answer::OutOfTime);
         // Pages asked beside it end later, one in time, one out of time.
         pause.record(now, Admission::Ask, Answer::InTime);
-        assert_eq!(pause.admit(now), Admission::Wait(T));
-        pause.record(now + Duration::from_millis(100), Admission::Ask, Answer::OutOfTime);
-        assert_eq!(pause.admit(now + Duration::from_millis(100)), Admission::Wait(Duration::from_millis(1_900)));
-        assert_eq!(pause.admit(now + T), Admission::Probe);
+        assert_eq!(pause.admit(now), Admission::Wait(4 * T));
+        pause.record(now + T, Admission::Ask, Answer::OutOfTime);
+        assert_eq!(pause.admit(now + T), Admission::Wait(3 * T));
+        assert_eq!(pause.admit(now + 4 * T), Admission::Probe);
     }
 
     #[test]
@@ -195,6 +205,8 @@ mod tests {
         let mut pause = PagePause::new(Duration::from_millis(50));
         pause.record(now, Admission::Ask, Answer::OutOfTime);
         assert_eq!(pause.admit(now), Admission::Wait(Duration::from_secs(1)));
-        assert_eq!(pause.admit(now + Duration::from_millis(50)), Admission::Probe);
+        assert_eq!(pause.admit(now + Duration::from_millis(200)), Admission::Probe);
+        // The others wait for the probe, a second at least.
+        assert_eq!(pause.admit(now + Duration::from_millis(200)), Admission::Wait(Duration::from_secs(1)));
     }
 }
