@@ -207,6 +207,9 @@ mod tests {
         assert_eq!(pause.admit(now), Admission::Wait(Duration::from_secs(1)));
         assert_eq!(pause.admit(now + Duration::from_millis(200)), Admission::Probe);
         // The others wait for the probe, a second at least.
-        assert_eq!(pause.admit(now + Duration::from_millis(200)), Admission::Wait(Duration::from_secs(1)));
+        assert_eq!(
+            pause.admit(now + Duration::from_millis(200)),
+            Admission::Wait(Duration::from_secs(1))
+        );
     }
 }

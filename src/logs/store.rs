@@ -241,7 +241,11 @@ struct Asking<'a> {
 impl Asking<'_> {
     fn record(mut self, answer: Answer) -> Option<Duration> {
         self.recorded = true;
-        self.store.pause.lock().ok()?.record(Instant::now(), self.admitted, answer)
+        self.store
+            .pause
+            .lock()
+            .ok()?
+            .record(Instant::now(), self.admitted, answer)
     }
 }
 

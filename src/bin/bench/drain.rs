@@ -22,6 +22,8 @@ pub struct Drained {
     /// From the process start to the first batch counted (group join, connections).
     pub startup_s: f64,
     pub peak_rss_mib: f64,
+    /// The process's whole CPU time (start included) over the votes, µs.
+    pub cpu_us_per_vote: f64,
     /// With a logs page open: what its clients saw.
     pub page: Option<PageSeen>,
     /// The Redis key prefix the consumer counted under: still there when
@@ -138,6 +140,7 @@ pub async fn drain(stack: &Stack, topic: &str, how: Drain, log: &str) -> anyhow:
         None => None,
     };
     let peak_rss_mib = consumer.peak_rss_mib().context("reading the consumer's VmHWM")?;
+    let cpu_s = consumer.cpu_seconds().context("reading the consumer's CPU time")?;
     let status = consumer.terminate()?;
     anyhow::ensure!(status.success(), "the consumer exited with {status} on SIGTERM");
 
@@ -169,6 +172,7 @@ pub async fn drain(stack: &Stack, topic: &str, how: Drain, log: &str) -> anyhow:
         votes_per_s: expected as f64 / (done - first).as_secs_f64(),
         startup_s: (first - started).as_secs_f64(),
         peak_rss_mib,
+        cpu_us_per_vote: cpu_s * 1e6 / expected as f64,
         page,
         prefix,
     })

@@ -211,6 +211,11 @@ impl Process {
         harness::memory::peak_rss_mib(self.child.id())
     }
 
+    /// CPU time used so far (user + system, all threads), in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        harness::memory::cpu_seconds(self.child.id())
+    }
+
     /// Fails if the process has already exited.
     pub fn ensure_running(&mut self, what: &str) -> anyhow::Result<()> {
         match self.child.try_wait()? {

@@ -30,7 +30,12 @@ async fn a_page_the_server_runs_out_of_time_pauses_pages_until_one_answers_in_ti
     assert_eq!(app.metric("votestream_logs_queries_out_of_time_total").await, 1.0);
 
     // Paused: answered at once, nothing asked of the database.
-    let response = app.http.get(format!("{}/logs?limit=20", app.base)).send().await.unwrap();
+    let response = app
+        .http
+        .get(format!("{}/logs?limit=20", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let retry_after = response.headers()["retry-after"].to_str().unwrap().to_owned();
     assert!(["1", "2"].contains(&retry_after.as_str()), "Retry-After {retry_after}");
@@ -39,7 +44,10 @@ async fn a_page_the_server_runs_out_of_time_pauses_pages_until_one_answers_in_ti
 
     // The store gets quick again (three logs left); after the pause a probe
     // answers in time and pages are served again.
-    votestream::schema::mongo::logs(&app.db).drop().await.expect("logs dropped");
+    votestream::schema::mongo::logs(&app.db)
+        .drop()
+        .await
+        .expect("logs dropped");
     app.insert(&docs[docs.len() - 3..]).await;
     let waiting = &app;
     let page = eventually("a page answered after the pause", || async move {

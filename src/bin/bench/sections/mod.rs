@@ -188,7 +188,7 @@ const MONGO_WRITERS: [usize; 4] = [1, 2, 4, 8];
 
 async fn consumer_drain(args: &Args, stack: &Stack, report: &mut Report, topic: &str) -> anyhow::Result<()> {
     let reps = args.reps();
-    let (mut rates, mut startups, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rates, mut startups, mut peaks, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         step(&format!(
             "consumer drain of {} votes, run {}/{reps}",
@@ -197,12 +197,13 @@ async fn consumer_drain(args: &Args, stack: &Stack, report: &mut Report, topic: 
         ));
         let drained = drain::drain(stack, topic, drain::Drain::default(), &format!("drain-{rep}")).await?;
         eprintln!(
-            "  {:.0} votes/s, started in {:.1} s, peak RSS {:.1} MiB",
-            drained.votes_per_s, drained.startup_s, drained.peak_rss_mib
+            "  {:.0} votes/s, started in {:.1} s, peak RSS {:.1} MiB, {:.1} µs CPU per vote",
+            drained.votes_per_s, drained.startup_s, drained.peak_rss_mib, drained.cpu_us_per_vote
         );
         rates.push(drained.votes_per_s);
         startups.push(drained.startup_s);
         peaks.push(drained.peak_rss_mib);
+        cpu.push(drained.cpu_us_per_vote);
     }
     report.add(
         "drain.votes_per_s",
@@ -224,6 +225,12 @@ async fn consumer_drain(args: &Args, stack: &Stack, report: &mut Report, topic: 
         "consumer peak RSS while draining",
         "MiB",
         peaks,
+    );
+    report.add(
+        "drain.cpu_us_per_vote",
+        "consumer CPU per vote (its whole CPU time over the votes)",
+        "µs",
+        cpu,
     );
     against_slowest_sink(report, "drain.votes_per_s", "drain", "drain");
     Ok(())
