@@ -95,7 +95,9 @@ impl PagePause {
         if probe || self.until.is_none() {
             self.decide(now, answer);
         }
-        self.until.map(|until| until.saturating_duration_since(now))
+        self.until
+            .map(|until| until.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
     }
 
     fn decide(&mut self, now: Instant, answer: Answer) {
