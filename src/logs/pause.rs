@@ -8,9 +8,8 @@
 //! [`FIRST_PAUSE_TIMEOUTS`] backend timeouts: a page out of time held the
 //! database for about one, so pages take at most a fifth of its time, and
 //! less as the pauses double (up to [`MAX_PAUSE`]). Only a server that ran
-//! out of time pauses pages: a
-//! database that is down or unreachable costs it nothing, and the app keeps
-//! asking as before.
+//! out of time pauses pages: a database that is down or unreachable costs it
+//! nothing, and the app keeps asking as before.
 //!
 //! Pure state; the caller passes the clock, so the tests step through it.
 
