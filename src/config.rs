@@ -438,8 +438,8 @@ pub struct LogsArgs {
     pub logs_stream_buffer: usize,
     /// Bound on each MongoDB or Redis call (server selection included), in milliseconds;
     /// past it the request gets 503, and MongoDB is told to give the query up too (maxTimeMS).
-    /// A page MongoDB gives up pauses pages (503 with Retry-After, no query) for four times
-    /// this long, doubled after each probe it gives up again, up to 60 s.
+    /// A page MongoDB gives up pauses the pages with the same filters (503 with Retry-After, no
+    /// query) for four times this long, doubled after each probe it gives up again, up to 60 s.
     #[arg(long, env = "LOGS_BACKEND_TIMEOUT_MS", default_value_t = 2_000)]
     pub logs_backend_timeout_ms: u64,
 }

@@ -18,7 +18,7 @@ pub enum LogsError {
     MongoUnavailable { detail: String },
     /// The server ran a page out of its time: pages pause ([`super::pause`]).
     #[error(
-        "MongoDB could not answer a page of logs within {timeout:?}; pages pause for {}s to spare its writes",
+        "MongoDB could not answer a page of logs within {timeout:?}; pages with these filters pause for {}s to spare its writes",
         whole_secs(*retry_after)
     )]
     PagesPaused { timeout: Duration, retry_after: Duration },

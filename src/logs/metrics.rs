@@ -88,7 +88,7 @@ impl Metrics {
         );
         registry.register(
             "queries_out_of_time",
-            "Pages of /logs MongoDB gave up at their maxTimeMS (each starts or prolongs a pause of pages)",
+            "Pages of /logs MongoDB gave up at their maxTimeMS (they pause the pages with the same filters)",
             queries_out_of_time.clone(),
         );
         registry.register(

@@ -42,7 +42,7 @@ pub enum Answer {
     /// The server gave the query up at its `maxTimeMS`.
     OutOfTime,
     /// Anything else (unreachable, refused, our own deadline): says nothing
-    /// about the cost of a page.
+    /// about the cost of a page; a probe that ends so ends the pause.
     Failed,
 }
 
@@ -110,7 +110,10 @@ impl PagePause {
                 let pause = self.first.saturating_mul(1_u32 << (self.strikes - 1).min(16));
                 self.until = Some(now + pause.min(MAX_PAUSE));
             }
-            Answer::Failed => {}
+            // Unreachable, refused: nothing said about the cost of a page. A probe that ended
+            // so ends the pause (a database that is down does not pause pages); the strikes
+            // stay, so a page out of time next pauses pages for longer.
+            Answer::Failed => self.until = None,
         }
     }
 }
@@ -177,14 +180,18 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_that_fails_otherwise_lets_the_next_page_probe() {
+    fn a_probe_that_fails_otherwise_ends_the_pause_but_not_the_strikes() {
         let now = Instant::now();
         let mut pause = PagePause::new(T);
         pause.record(now, Admission::Ask, Answer::OutOfTime);
         let later = now + 4 * T;
         assert_eq!(pause.admit(later), Admission::Probe);
         pause.record(later, Admission::Probe, Answer::Failed);
-        assert_eq!(pause.admit(later), Admission::Probe);
+        // Pages ask again, all of them; the next page out of time pauses them for longer.
+        assert_eq!(pause.admit(later), Admission::Ask);
+        assert_eq!(pause.admit(later), Admission::Ask);
+        pause.record(later, Admission::Ask, Answer::OutOfTime);
+        assert_eq!(pause.admit(later), Admission::Wait(8 * T));
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! `max_queries` pages are asked of MongoDB at once: whatever the load on the
 //! page, the database holds a bounded number of queries and the consumer's
 //! writes go on. And when the server itself runs a page out of its time,
-//! pages pause for a while ([`super::pause`]) instead of asking it again at
-//! once: a store that scans the collection for a page (FerretDB) is not kept
-//! busy with work it will give up again.
+//! pages with the same filters pause for a while ([`super::pause`]) instead
+//! of asking it again at once: a store that scans the collection for a page
+//! (FerretDB) is not kept busy with work it will give up again. Each shape of
+//! filter (band, album, route: each given or not) has a pause of its own, so
+//! a costly filtered page never pauses the plain page everyone opens.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,7 +64,8 @@ pub struct LogStore {
     timeout: Duration,
     slots: Arc<Semaphore>,
     max_queries: usize,
-    pause: Arc<Mutex<PagePause>>,
+    /// One pause per shape of filter ([`shape`]).
+    pauses: Arc<Mutex<[PagePause; SHAPES]>>,
     metrics: Arc<Metrics>,
 }
 
@@ -83,7 +86,7 @@ impl LogStore {
             timeout,
             slots: Arc::new(Semaphore::new(max_queries)),
             max_queries,
-            pause: Arc::new(Mutex::new(PagePause::new(timeout))),
+            pauses: Arc::new(Mutex::new(std::array::from_fn(|_| PagePause::new(timeout)))),
             metrics,
         })
     }
@@ -103,7 +106,7 @@ impl LogStore {
         }
         // One more than asked tells whether another page exists, so the last
         // page carries no cursor to an empty page.
-        let mut documents = self.newest(filter, query.limit + 1).await?;
+        let mut documents = self.newest(shape(&query.filter), filter, query.limit + 1).await?;
         let next = if documents.len() > query.limit {
             documents.truncate(query.limit);
             documents.last().map(Cursor::of)
@@ -117,8 +120,8 @@ impl LogStore {
         Ok(Page { items, next })
     }
 
-    async fn newest(&self, filter: Document, limit: usize) -> Result<Vec<LogDocument>, LogsError> {
-        let admitted = self.pause.lock().expect("page pause").admit(Instant::now());
+    async fn newest(&self, shape: usize, filter: Document, limit: usize) -> Result<Vec<LogDocument>, LogsError> {
+        let admitted = self.pauses.lock().expect("page pauses")[shape].admit(Instant::now());
         if let Admission::Wait(left) = admitted {
             self.metrics.queries_paused.inc();
             return Err(LogsError::PagesPaused {
@@ -130,6 +133,7 @@ impl LogStore {
         // goes away drops this future: a probe must not stay out for ever).
         let asking = Asking {
             store: self,
+            shape,
             admitted,
             recorded: false,
         };
@@ -234,6 +238,7 @@ impl LogStore {
 /// ended any other way than through [`Asking::record`].
 struct Asking<'a> {
     store: &'a LogStore,
+    shape: usize,
     admitted: Admission,
     recorded: bool,
 }
@@ -241,22 +246,29 @@ struct Asking<'a> {
 impl Asking<'_> {
     fn record(mut self, answer: Answer) -> Option<Duration> {
         self.recorded = true;
-        self.store
-            .pause
-            .lock()
-            .ok()?
-            .record(Instant::now(), self.admitted, answer)
+        self.store.pauses.lock().ok()?[self.shape].record(Instant::now(), self.admitted, answer)
     }
 }
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
         if !self.recorded
-            && let Ok(mut pause) = self.store.pause.lock()
+            && let Ok(mut pauses) = self.store.pauses.lock()
         {
-            pause.record(Instant::now(), self.admitted, Answer::Failed);
+            pauses[self.shape].record(Instant::now(), self.admitted, Answer::Failed);
         }
     }
+}
+
+/// Shapes of filter: band, album and route, each given or not.
+const SHAPES: usize = 8;
+
+/// Which fields a page filters on, as an index below [`SHAPES`]: pages of
+/// one shape cost MongoDB about the same (the same index walk or scan).
+fn shape(filter: &Filter) -> usize {
+    usize::from(filter.band.is_some())
+        | usize::from(filter.album.is_some()) << 1
+        | usize::from(filter.route.is_some()) << 2
 }
 
 /// Runs `f` when dropped: undoes a gauge increment on every way out.
@@ -308,5 +320,39 @@ mod tests {
             doc! { "name": "Alux Nahual", "route": "http" }
         );
         assert_eq!(filter_document(&Filter::default()), doc! {});
+    }
+
+    #[test]
+    fn each_shape_of_filter_has_a_pause_of_its_own() {
+        let band = |b: &str| Filter {
+            band: Some(b.into()),
+            ..Filter::default()
+        };
+        assert_eq!(shape(&Filter::default()), 0);
+        assert_eq!(shape(&band("Alux Nahual")), shape(&band("Bohemia Suburbana")));
+        let all = Filter {
+            band: Some("Alux Nahual".into()),
+            album: Some("Alux Nahual".into()),
+            route: Some(Route::Grpc),
+        };
+        let mut shapes: Vec<usize> = [
+            Filter::default(),
+            band("x"),
+            Filter {
+                album: Some("x".into()),
+                ..Filter::default()
+            },
+            Filter {
+                route: Some(Route::Http),
+                ..Filter::default()
+            },
+            all,
+        ]
+        .iter()
+        .map(shape)
+        .collect();
+        assert!(shapes.iter().all(|&s| s < SHAPES));
+        shapes.dedup();
+        assert_eq!(shapes.len(), 5);
     }
 }
