@@ -208,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_timeout_still_pauses_for_a_second_at_least() {
+    fn a_short_timeout_still_says_to_wait_a_second_at_least() {
         let now = Instant::now();
         let mut pause = PagePause::new(Duration::from_millis(50));
         pause.record(now, Admission::Ask, Answer::OutOfTime);
