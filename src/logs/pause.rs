@@ -49,7 +49,6 @@ pub enum Answer {
 #[derive(Debug)]
 pub struct PagePause {
     timeout: Duration,
-    first: Duration,
     /// Consecutive probes (or pages) out of time.
     strikes: u32,
     until: Option<Instant>,
@@ -61,7 +60,6 @@ impl PagePause {
     pub fn new(timeout: Duration) -> PagePause {
         PagePause {
             timeout,
-            first: timeout.saturating_mul(FIRST_PAUSE_TIMEOUTS).min(MAX_PAUSE),
             strikes: 0,
             until: None,
             probing: false,
@@ -107,7 +105,8 @@ impl PagePause {
             }
             Answer::OutOfTime => {
                 self.strikes = self.strikes.saturating_add(1);
-                let pause = self.first.saturating_mul(1_u32 << (self.strikes - 1).min(16));
+                let first = self.timeout.saturating_mul(FIRST_PAUSE_TIMEOUTS);
+                let pause = first.saturating_mul(1_u32 << (self.strikes - 1).min(16));
                 self.until = Some(now + pause.min(MAX_PAUSE));
             }
             // Unreachable, refused: nothing said about the cost of a page. A probe that ended
@@ -123,6 +122,13 @@ mod tests {
     use super::*;
 
     const T: Duration = Duration::from_secs(2);
+
+    /// A pause for timeouts of `timeout`, its first page out of time at `now`.
+    fn paused_at(now: Instant, timeout: Duration) -> PagePause {
+        let mut pause = PagePause::new(timeout);
+        pause.record(now, Admission::Ask, Answer::OutOfTime);
+        pause
+    }
 
     #[test]
     fn pages_ask_until_one_runs_out_of_time() {
@@ -158,8 +164,7 @@ mod tests {
     #[test]
     fn each_probe_out_of_time_doubles_the_pause_up_to_the_most() {
         let mut now = Instant::now();
-        let mut pause = PagePause::new(T);
-        pause.record(now, Admission::Ask, Answer::OutOfTime);
+        let mut pause = paused_at(now, T);
         let mut pauses = Vec::new();
         for _ in 0..6 {
             let Admission::Wait(left) = pause.admit(now) else {
@@ -182,8 +187,7 @@ mod tests {
     #[test]
     fn a_probe_that_fails_otherwise_ends_the_pause_but_not_the_strikes() {
         let now = Instant::now();
-        let mut pause = PagePause::new(T);
-        pause.record(now, Admission::Ask, Answer::OutOfTime);
+        let mut pause = paused_at(now, T);
         let later = now + 4 * T;
         assert_eq!(pause.admit(later), Admission::Probe);
         pause.record(later, Admission::Probe, Answer::Failed);
@@ -197,8 +201,7 @@ mod tests {
     #[test]
     fn pages_asked_before_the_pause_neither_end_it_nor_stretch_it() {
         let now = Instant::now();
-        let mut pause = PagePause::new(T);
-        pause.record(now, Admission::Ask, Answer::OutOfTime);
+        let mut pause = paused_at(now, T);
         // Pages asked beside it end later, one in time, one out of time.
         pause.record(now, Admission::Ask, Answer::InTime);
         assert_eq!(pause.admit(now), Admission::Wait(4 * T));
@@ -210,8 +213,7 @@ mod tests {
     #[test]
     fn a_short_timeout_still_says_to_wait_a_second_at_least() {
         let now = Instant::now();
-        let mut pause = PagePause::new(Duration::from_millis(50));
-        pause.record(now, Admission::Ask, Answer::OutOfTime);
+        let mut pause = paused_at(now, Duration::from_millis(50));
         assert_eq!(pause.admit(now), Admission::Wait(Duration::from_secs(1)));
         assert_eq!(pause.admit(now + Duration::from_millis(200)), Admission::Probe);
         // The others wait for the probe, a second at least.

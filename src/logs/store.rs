@@ -124,10 +124,7 @@ impl LogStore {
         let admitted = self.pauses.lock().expect("page pauses")[shape].admit(Instant::now());
         if let Admission::Wait(left) = admitted {
             self.metrics.queries_paused.inc();
-            return Err(LogsError::PagesPaused {
-                timeout: self.timeout,
-                retry_after: left,
-            });
+            return Err(self.paused(left));
         }
         // Tells the pause how this page ended, however it ends (a client that
         // goes away drops this future: a probe must not stay out for ever).
@@ -172,10 +169,7 @@ impl LogStore {
                 self.metrics.queries_out_of_time.inc();
                 tracing::warn!(error = %e, "MongoDB ran a page of logs out of its time; pages pause");
                 match asking.record(Answer::OutOfTime) {
-                    Some(pause) => Err(LogsError::PagesPaused {
-                        timeout: self.timeout,
-                        retry_after: pause,
-                    }),
+                    Some(pause) => Err(self.paused(pause)),
                     None => Err(LogsError::from_mongo(e)),
                 }
             }
@@ -213,17 +207,17 @@ impl LogStore {
     }
 
     async fn bounded<T>(&self, call: impl IntoFuture<Output = mongodb::error::Result<T>>) -> Result<T, LogsError> {
-        self.bounded_by(self.timeout, call).await
-    }
-
-    async fn bounded_by<T>(
-        &self,
-        limit: Duration,
-        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
-    ) -> Result<T, LogsError> {
-        match tokio::time::timeout(limit, call).await {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(LogsError::from_mongo),
             Err(_) => Err(self.no_answer()),
+        }
+    }
+
+    /// Pages of this shape pause for `retry_after` yet.
+    fn paused(&self, retry_after: Duration) -> LogsError {
+        LogsError::PagesPaused {
+            timeout: self.timeout,
+            retry_after,
         }
     }
 
@@ -244,18 +238,21 @@ struct Asking<'a> {
 }
 
 impl Asking<'_> {
+    /// Records the answer; gives the pause now in force for this shape, if any.
     fn record(mut self, answer: Answer) -> Option<Duration> {
         self.recorded = true;
+        self.note(answer)
+    }
+
+    fn note(&self, answer: Answer) -> Option<Duration> {
         self.store.pauses.lock().ok()?[self.shape].record(Instant::now(), self.admitted, answer)
     }
 }
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        if !self.recorded
-            && let Ok(mut pauses) = self.store.pauses.lock()
-        {
-            pauses[self.shape].record(Instant::now(), self.admitted, Answer::Failed);
+        if !self.recorded {
+            self.note(Answer::Failed);
         }
     }
 }
