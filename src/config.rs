@@ -347,8 +347,9 @@ pub struct ConsumerArgs {
     #[arg(long, env = "MAILBOX_CAPACITY", default_value_t = 8)]
     pub mailbox_capacity: usize,
     /// Log writes the Mongo logger makes at once (concurrent insert_many calls, each of one
-    /// batch or several small ones merged); offsets are still committed in order. The Redis script always applies one batch at a time. FerretDB
-    /// (SQLite) is fastest with 2 and slower with 4 or more; a real MongoDB takes more.
+    /// batch or several small ones merged); offsets are still committed in order. The Redis
+    /// script always applies one batch at a time. FerretDB (SQLite) is fastest with 2 and
+    /// slower with 4 or more; a real MongoDB takes more.
     #[arg(long, env = "MONGO_WRITERS", default_value_t = 2)]
     pub mongo_writers: usize,
     /// First delay before an actor reconnects after an I/O failure, in milliseconds (doubles each time).
